@@ -1,0 +1,99 @@
+"""The `kubefusion` command. Light commands live here; heavy ones load their module only when called."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from kubefusion_operator.validation import InvalidFusionRun, load_fusionrun
+
+# Commands implemented elsewhere: name -> (module, help). Each module has main(argv) -> int.
+DELEGATED = {
+    "stage": ("kubefusion_trainer.cli", "run one stage of a run (prepare, sample, score, build, train)"),
+    "operator": ("kubefusion_operator.main", "start the kopf operator for FusionRuns"),
+    "run": ("kubefusion_operator.local.cli", "run a FusionRun on this machine, no cluster"),
+    "status": ("kubefusion_operator.local.status", "print where a local run stands"),
+    "demo": ("kubefusion_operator.local.demo", "build the quickstart's tiny models and data"),
+}
+
+
+def _validate(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.file:
+        try:
+            run = load_fusionrun(path)
+        except InvalidFusionRun as exc:
+            print(exc, file=sys.stderr)
+            failed += 1
+        except OSError as exc:
+            print(f"{path}: {exc.strerror}", file=sys.stderr)
+            failed += 1
+        else:
+            print(f"{path}: valid FusionRun {run.name!r} (recipe {run.spec.recipe.value})")
+    return 1 if failed else 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from kubefusion_operator.estimate import format_plan, plan_work
+    from kubefusion_operator.stages import recipe_stages
+
+    try:
+        run = load_fusionrun(args.file)
+    except InvalidFusionRun as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"FusionRun {run.name}")
+    print(format_plan(run.spec, recipe_stages(run.spec), plan_work(run.spec)))
+    return 0
+
+
+def _crd(args: argparse.Namespace) -> int:
+    from kubefusion_operator.crd import render_crd
+
+    text = render_crd()
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubefusion", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = sub.add_parser("validate", help="check FusionRun files: schema and semantic rules")
+    validate.add_argument("-f", "--file", action="append", required=True, help="a FusionRun YAML (repeatable)")
+    validate.set_defaults(func=_validate)
+
+    plan = sub.add_parser("plan", help="print a run's stages, children and work counts")
+    plan.add_argument("-f", "--file", required=True, help="a FusionRun YAML")
+    plan.set_defaults(func=_plan)
+
+    crd = sub.add_parser("crd", help="print the FusionRun CRD generated from the API models")
+    crd.add_argument("-o", "--output", help="write to this file instead of stdout")
+    crd.set_defaults(func=_crd)
+
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        module_name = DELEGATED[argv[0]][0]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            print(f"kubefusion {argv[0]}: unavailable ({exc}); install the matching extra", file=sys.stderr)
+            return 2
+        return int(module.main(argv[1:]) or 0)
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Where each stage reads and writes under a run's storage root.
+
+This is the only place that builds these paths: stages, the operator's status
+outputs and the single-machine runner all ask a RunLayout.
+
+    <root>/
+      prepared/<dataset>.jsonl              normalised prompts (prepare)
+      prepared/<dataset>.report.json        rows dropped or unmappable, with indices
+      samples/<phase>/<model>/<dataset>/    answer shards (sample); phase = sources | target
+      scores/<phase>/<model>/<dataset>/     scored shards (score)
+      data/<kind>/<dataset>.jsonl           sft | dpo | wrpo training sets (build)
+      data/<kind>/stats.json                rows, pairs and drops per dataset
+      train/<stage>/checkpoints/            checkpoint-<step>/ folders (train)
+      train/<stage>/final/                  save_pretrained output the next stage reads
+      train/<stage>/deepspeed.json          the DeepSpeed config the stage ran with
+      eval/                                 scorecard (evaluate)
+      reports/                              report.md and plots
+      state/<stage>.json                    a stage's completion record
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Phase = Literal["sources", "target"]
+DataKind = Literal["sft", "dpo", "wrpo"]
+TrainStage = Literal["sft", "dpo", "wrpo"]
+
+TARGET_MODEL_NAME = "target"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    # prepare
+    @property
+    def prepared_dir(self) -> Path:
+        return self.root / "prepared"
+
+    def prompts_file(self, dataset: str) -> Path:
+        return self.prepared_dir / f"{dataset}.jsonl"
+
+    def prepare_report(self, dataset: str) -> Path:
+        return self.prepared_dir / f"{dataset}.report.json"
+
+    # sample
+    def samples_dir(self, phase: Phase, model: str, dataset: str) -> Path:
+        return self.root / "samples" / phase / model / dataset
+
+    def sample_shard(self, phase: Phase, model: str, dataset: str, index: int, count: int) -> Path:
+        return self.samples_dir(phase, model, dataset) / shard_name(index, count)
+
+    # score
+    def scores_dir(self, phase: Phase, model: str, dataset: str) -> Path:
+        return self.root / "scores" / phase / model / dataset
+
+    def score_shard(self, phase: Phase, model: str, dataset: str, index: int, count: int) -> Path:
+        return self.scores_dir(phase, model, dataset) / shard_name(index, count)
+
+    # build
+    def data_dir(self, kind: DataKind) -> Path:
+        return self.root / "data" / kind
+
+    def dataset_file(self, kind: DataKind, dataset: str) -> Path:
+        return self.data_dir(kind) / f"{dataset}.jsonl"
+
+    def build_stats(self, kind: DataKind) -> Path:
+        return self.data_dir(kind) / "stats.json"
+
+    # train
+    def train_dir(self, stage: TrainStage) -> Path:
+        return self.root / "train" / stage
+
+    def checkpoints_dir(self, stage: TrainStage) -> Path:
+        return self.train_dir(stage) / "checkpoints"
+
+    def final_model(self, stage: TrainStage) -> Path:
+        return self.train_dir(stage) / "final"
+
+    def deepspeed_config(self, stage: TrainStage) -> Path:
+        return self.train_dir(stage) / "deepspeed.json"
+
+    # evaluate and report
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.root / "reports"
+
+    @property
+    def report(self) -> Path:
+        return self.reports_dir / "report.md"
+
+    # stage completion records
+    def stage_record(self, stage: str) -> Path:
+        return self.root / "state" / f"{stage}.json"
+
+
+def shard_name(index: int, count: int) -> str:
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} is outside 0..{count - 1}")
+    return f"shard-{index:05d}-of-{count:05d}.jsonl"

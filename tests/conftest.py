@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,19 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# DeepSpeed builds its CPU ops on first use: keep them inside the venv.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(sys.prefix, "torch_extensions"))
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for `python -m kubefusion_operator ...` subprocesses: this checkout's code first."""
+    env = dict(os.environ)
+    paths = [str(REPO_ROOT / "operator"), str(REPO_ROOT / "trainer")]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.update(extra)
+    return env
 
 
 @pytest.fixture(scope="session")

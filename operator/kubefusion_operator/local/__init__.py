@@ -1,0 +1,1 @@
+"""Single-machine mode: run a FusionRun with local processes, no cluster."""

@@ -1,0 +1,1 @@
+"""Stage programs: one module per stage, each with main(argv) -> int."""

@@ -1,0 +1,1 @@
+"""Training stages (SFT, DPO, WRPO) on trl and DeepSpeed."""

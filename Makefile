@@ -34,9 +34,10 @@ format: venv
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## crds: regenerate crds/fusionrun.yaml from the API models
+## crds: regenerate crds/fusionrun.yaml and docs/fusionrun-reference.md from the API models
 crds: venv
 	$(VENV)/bin/kubefusion crd -o crds/fusionrun.yaml
+	$(VENV)/bin/kubefusion crd --reference -o docs/fusionrun-reference.md
 
 ## quickstart: the local CPU fusion run (until the local runner lands: validate and plan it)
 quickstart: venv

@@ -51,8 +51,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _crd(args: argparse.Namespace) -> int:
     from kubefusion_operator.crd import render_crd
+    from kubefusion_operator.reference import render_reference
 
-    text = render_crd()
+    text = render_reference() if args.reference else render_crd()
     if args.output:
         Path(args.output).write_text(text, encoding="utf-8")
     else:
@@ -65,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = sub.add_parser("validate", help="check FusionRun files: schema and semantic rules")
-    validate.add_argument("-f", "--file", action="append", required=True, help="a FusionRun YAML (repeatable)")
+    validate.add_argument(
+        "-f", "--file", action="append", required=True, help="a FusionRun YAML (repeatable)"
+    )
     validate.set_defaults(func=_validate)
 
     plan = sub.add_parser("plan", help="print a run's stages, children and work counts")
@@ -74,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     crd = sub.add_parser("crd", help="print the FusionRun CRD generated from the API models")
     crd.add_argument("-o", "--output", help="write to this file instead of stdout")
+    crd.add_argument("--reference", action="store_true", help="print the field reference (Markdown) instead")
     crd.set_defaults(func=_crd)
 
     for name, (_, help_text) in DELEGATED.items():

@@ -7,6 +7,7 @@ unwrapped (absent means default), numeric exclusive bounds in OpenAPI v3.0 form,
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -99,6 +100,10 @@ class _Converter:
             rules = CEL_RULES.get(name, [])
             node = {**self.defs[name], **{k: v for k, v in node.items() if k != "description"}}
             description = description or node.get("description")
+        default = node.get("default")
+        if description and isinstance(default, str | int | float) and "Default" not in description:
+            # The API server does not default (the models do), so say the default where kubectl explain shows it.
+            description = f"{description.rstrip()} Default: {json.dumps(default)}."
         if node.get("x-kubernetes-int-or-string"):
             return _with_description({"x-kubernetes-int-or-string": True}, description)
 

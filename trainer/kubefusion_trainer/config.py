@@ -63,7 +63,9 @@ class SamplingParams(CamelModel):
         1.0, gt=0.0, le=5.0, description="Repetition penalty (vLLM extension). Default 1.0 (off)."
     )
     max_tokens: int = Field(2048, ge=1, le=131072, description="Most tokens per answer. Default 2048.")
-    seed: int | None = Field(None, ge=0, description="Base seed; sample i of a prompt uses seed + i when set.")
+    seed: int | None = Field(
+        None, ge=0, description="Base seed; sample i of a prompt uses seed + i when set."
+    )
 
 
 class SourceConfig(CamelModel):
@@ -116,7 +118,9 @@ class FieldMapping(CamelModel):
 class DatasetFilter(CamelModel):
     """Keep or drop rows whose field matches a regular expression."""
 
-    field: str = Field(..., min_length=1, max_length=128, description="Column the pattern is matched against.")
+    field: str = Field(
+        ..., min_length=1, max_length=128, description="Column the pattern is matched against."
+    )
     pattern: str = Field(..., min_length=1, max_length=4096, description="A Python regular expression.")
     action: Literal["exclude", "include"] = Field(
         "exclude", description="exclude drops matching rows; include keeps only matching rows."
@@ -166,7 +170,9 @@ class DatasetConfig(CamelModel):
     sources: list[Name] | None = Field(
         None, max_length=16, description="Sources that answer this dataset. Default: all sources."
     )
-    samples_per_source: int = Field(5, ge=1, le=64, description="Answers sampled per prompt and source. Default 5.")
+    samples_per_source: int = Field(
+        5, ge=1, le=64, description="Answers sampled per prompt and source. Default 5."
+    )
     sft_fraction: float = Field(
         0.4,
         ge=0.0,
@@ -190,7 +196,9 @@ class RewardModelConfig(CamelModel):
     model: ModelRef
     trust_remote_code: bool = Field(False, description="Needed for ArmoRM-style models. Default false.")
     batch_size: int = Field(16, ge=1, le=4096, description="Answers per forward pass. Default 16.")
-    max_length: int = Field(4096, ge=16, le=131072, description="Tokens per scored conversation. Default 4096.")
+    max_length: int = Field(
+        4096, ge=16, le=131072, description="Tokens per scored conversation. Default 4096."
+    )
     gpus: int = Field(1, ge=0, le=16, description="GPUs for the scoring Job (0: CPU). Default 1.")
 
 
@@ -210,7 +218,9 @@ class MarginRange(CamelModel):
 class CodeExecutionLimits(CamelModel):
     """Limits for running code answers against tests."""
 
-    timeout_seconds: float = Field(10.0, gt=0.0, le=600.0, description="Wall-clock limit per answer. Default 10.")
+    timeout_seconds: float = Field(
+        10.0, gt=0.0, le=600.0, description="Wall-clock limit per answer. Default 10."
+    )
     memory_mb: int = Field(512, ge=32, le=65536, description="Address-space limit per answer. Default 512.")
 
 
@@ -230,7 +240,9 @@ class StageResources(CamelModel):
     nodes: int = Field(1, ge=1, le=512, description="Nodes (1 Master + nodes-1 Workers). Default 1.")
     gpus_per_node: int = Field(8, ge=0, le=16, description="GPUs per node (0: CPU). Default 8.")
     image: str | None = Field(None, max_length=512, description="Trainer image. Default: the operator's.")
-    zero_stage: Literal[0, 1, 2, 3] = Field(3, description="DeepSpeed ZeRO stage (0: no DeepSpeed). Default 3.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        3, description="DeepSpeed ZeRO stage (0: no DeepSpeed). Default 3."
+    )
 
     @property
     def world_size(self) -> int:
@@ -275,7 +287,8 @@ class DpoConfig(TrainingHyperparameters):
 
     beta: float = Field(0.1, gt=0.0, le=100.0, description="DPO beta (the paper used 10 with sigmoid_norm).")
     loss_type: Literal["sigmoid", "sigmoid_norm"] = Field(
-        "sigmoid", description="sigmoid (DPO) or sigmoid_norm (length-normalised DPO, FuseChat-3.0 for Llama)."
+        "sigmoid",
+        description="sigmoid (DPO) or sigmoid_norm (length-normalised DPO, FuseChat-3.0 for Llama).",
     )
     precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once up front.")
 
@@ -322,7 +335,10 @@ class FusionConfig(CamelModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> FusionConfig:
-        for kind, names in (("sources", [s.name for s in self.sources]), ("datasets", [d.name for d in self.datasets])):
+        for kind, names in (
+            ("sources", [s.name for s in self.sources]),
+            ("datasets", [d.name for d in self.datasets]),
+        ):
             seen: set[str] = set()
             for name in names:
                 if name in seen:

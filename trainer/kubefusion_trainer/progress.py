@@ -15,8 +15,14 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 
 class ProgressReporter:
-    def __init__(self, stage: str, unit: str = "items", metrics_port: int | None = None,
-                 registry: CollectorRegistry | None = None, show_bar: bool | None = None) -> None:
+    def __init__(
+        self,
+        stage: str,
+        unit: str = "items",
+        metrics_port: int | None = None,
+        registry: CollectorRegistry | None = None,
+        show_bar: bool | None = None,
+    ) -> None:
         self.stage = stage
         self.registry = registry or CollectorRegistry()
         self._done = Gauge("kubefusion_progress_done", "Units finished", ["stage"], registry=self.registry)

@@ -99,3 +99,34 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path: Path) -> None:
         raise RuntimeError("killed mid-write")
     assert json.loads(target.read_text()) == {"rows": 1}
     assert os.listdir(target.parent) == ["stats.json"]  # no temp file left behind
+
+
+def test_api_and_config_imports_stay_light() -> None:
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    code = (
+        "import sys, kubefusion_operator.api, kubefusion_operator.cli, kubefusion_trainer.config, "
+        "kubefusion_trainer.layout, kubefusion_trainer.records\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'transformers', 'trl', 'kopf', 'kubernetes', 'deepspeed', 'datasets'})\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), check=True
+    )
+    assert out.stdout.strip() == ""
+    trainer_imports = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, kubefusion_trainer.config; print('kubefusion_operator' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        check=True,
+    )
+    assert trainer_imports.stdout.strip() == "False"

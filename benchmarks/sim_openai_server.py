@@ -3,8 +3,9 @@
 Each answer (choice) holds one of `slots` decode slots for answer_tokens x ms_per_token; answers beyond the
 slots queue, like a continuously batching server at its batch limit. Capacity = slots / (tokens x latency).
 `max_choices` caps the choices per request (None: honour n like vLLM; 1: ignore n like transformers serve).
-`fault(request_number)` may return "500", "429", "hang" (answer only after `hang_seconds`) or "drop" (close the
-connection) to test retries. Used by benchmarks/bench_sampler.py and the sampler's fault tests.
+`extra_choices` adds surplus choices (a misbehaving server). `fault(request_number, body)` may return an HTTP
+status as text ("500", "429" with Retry-After: 0, "422", ...), "hang" (answer only after `hang_seconds`) or
+"drop" (close the connection) to test retries. Used by benchmarks/bench_sampler.py and the sampler's fault tests.
 
 Run standalone: python benchmarks/sim_openai_server.py --slots 32 --ms-per-token 1 --answer-tokens 100
 (prints "PORT <n>" once it listens on 127.0.0.1).
@@ -17,7 +18,8 @@ import asyncio
 import contextlib
 import itertools
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +41,8 @@ class SimServer:
         ms_per_token: float = 1.0,
         answer_tokens: int = 16,
         max_choices: int | None = None,
-        fault: Callable[[int], str | None] | None = None,
+        extra_choices: int = 0,
+        fault: Callable[[int, dict[str, Any]], str | None] | None = None,
         hang_seconds: float = 30.0,
         keep_bodies: bool = True,
     ) -> None:
@@ -47,6 +50,7 @@ class SimServer:
         self.ms_per_token = ms_per_token
         self.answer_tokens = answer_tokens
         self.max_choices = max_choices
+        self.extra_choices = extra_choices
         self.fault = fault
         self.hang_seconds = hang_seconds
         self.keep_bodies = keep_bodies
@@ -95,10 +99,10 @@ class SimServer:
         body = await request.json()
         if self.keep_bodies:
             self.stats.bodies.append(body)
-        fault = self.fault(number) if self.fault is not None else None
+        fault = self.fault(number, body) if self.fault is not None else None
         if fault is not None:
             self.stats.faults[fault] = self.stats.faults.get(fault, 0) + 1
-        if fault in ("500", "429"):
+        if fault is not None and fault.isdigit():
             headers = {"Retry-After": "0"} if fault == "429" else {}
             return web.json_response(
                 {"error": {"message": f"simulated {fault}"}}, status=int(fault), headers=headers
@@ -110,7 +114,7 @@ class SimServer:
         if fault == "hang":
             await asyncio.sleep(self.hang_seconds)
         n = int(body.get("n") or 1)
-        count = n if self.max_choices is None else min(n, self.max_choices)
+        count = (n if self.max_choices is None else min(n, self.max_choices)) + self.extra_choices
         await asyncio.gather(*(self._decode_one() for _ in range(count)))
         self.stats.choices += count
         seed = body.get("seed")
@@ -137,6 +141,31 @@ class SimServer:
                 "usage": usage,
             }
         )
+
+
+@contextlib.contextmanager
+def serve_in_thread(server: SimServer) -> Iterator[SimServer]:
+    """Run a SimServer on its own event loop in a thread (for code that calls asyncio.run itself)."""
+    loop = asyncio.new_event_loop()
+    started = threading.Event()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    if not started.wait(30):
+        raise RuntimeError("simulated server did not start within 30 s")
+    try:
+        yield server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -152,7 +152,7 @@ class Endpoint:
                 f"endpoint {self.base_url} (source {self.source!r}) failed one request {attempt} times while "
                 f"answering others; last error {kind}: {detail}"
             )
-        delay = self.jitter() * min(self.retry.max_delay, self.retry.base_delay * 2 ** (attempt - 1))
+        delay = self.jitter() * min(self.retry.max_delay, self.retry.base_delay * 2 ** min(attempt - 1, 30))
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.retry.max_delay))
         # wake up in time to report a dead endpoint at its deadline

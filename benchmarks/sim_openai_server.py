@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 import itertools
 import sys
 import threading
@@ -56,7 +57,7 @@ class SimServer:
         self.keep_bodies = keep_bodies
         self.stats = SimStats()
         self._counter = itertools.count()
-        self._slots: asyncio.Semaphore | None = None
+        self._free_at: list[float] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -70,7 +71,7 @@ class SimServer:
         return self.slots / (self.answer_tokens * self.ms_per_token / 1000.0)
 
     async def start(self, port: int = 0) -> str:
-        self._slots = asyncio.Semaphore(self.slots)
+        self._free_at = [0.0] * self.slots  # a heap: when each slot is next free (loop time)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/health", self._health)
@@ -89,9 +90,11 @@ class SimServer:
         return web.json_response({"status": "ok"})
 
     async def _decode_one(self) -> None:
-        assert self._slots is not None
-        async with self._slots:
-            await asyncio.sleep(self.answer_tokens * self.ms_per_token / 1000.0)
+        now = asyncio.get_running_loop().time()
+        start = max(now, heapq.heappop(self._free_at))
+        finish = start + self.answer_tokens * self.ms_per_token / 1000.0
+        heapq.heappush(self._free_at, finish)
+        await asyncio.sleep(finish - now)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         number = next(self._counter)

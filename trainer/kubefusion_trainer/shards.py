@@ -3,7 +3,7 @@
 One shard folder (RunLayout.samples_dir / scores_dir) holds:
 
     shard-00000-of-00004.jsonl                    a COMPLETE shard (committed by one atomic rename)
-    chunks/shard-00001-of-00004/chunk-000000.jsonl committed pieces of a shard whose writer is still running
+    chunks/shard-00001-of-00004/chunk-000000-<writer>.jsonl  committed pieces of a shard whose writer is still running
     .<name>.<random>.tmp                          a write in flight: never read, removed on the next run
 
 Readers (the score and build stages) use only complete shards: `complete_shards`, `read_shard`,
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from kubefusion_trainer.atomic import atomic_open
 from kubefusion_trainer.layout import chunks_dir, shard_name
 
 SHARD_PATTERN = re.compile(r"^shard-(\d{5})-of-(\d{5})\.jsonl$")
-CHUNK_PATTERN = re.compile(r"^chunk-(\d{6})\.jsonl$")
+CHUNK_PATTERN = re.compile(r"^chunk-(\d{6})-[0-9a-f]{8}\.jsonl$")
 
 
 class ShardReadError(ValueError):
@@ -125,6 +126,7 @@ class ShardWriter:
         if self.is_complete():
             shutil.rmtree(self.chunks, ignore_errors=True)  # a kill after the rename left these behind
         self._next_chunk = self._count_existing_chunks()
+        self._token = secrets.token_hex(4)  # two writers of one shard by mistake never overwrite each other
 
     def _count_existing_chunks(self) -> int:
         numbers = [int(m.group(1)) for p in self._own_chunks() if (m := CHUNK_PATTERN.match(p.name))]
@@ -149,7 +151,7 @@ class ShardWriter:
         """Atomically commit the records of whole prompts; returns the chunk path (None when empty)."""
         if not records:
             return None
-        path = self.chunks / f"chunk-{self._next_chunk:06d}.jsonl"
+        path = self.chunks / f"chunk-{self._next_chunk:06d}-{self._token}.jsonl"
         write_jsonl(path, records)
         self._next_chunk += 1
         return path
@@ -159,14 +161,16 @@ class ShardWriter:
         if self.is_complete():
             shutil.rmtree(self.chunks, ignore_errors=True)
             return len(read_jsonl(self.path))
+        # de-duplicate on (prompt, sample): two pods given the same index by mistake must not double a prompt
         seen: set[tuple[str, int]] = set()
-        records = []
-        for chunk in self._own_chunks():
-            for record in read_jsonl(chunk):
-                key = (str(record["prompt_id"]), int(record.get("sample_index", 0)))
-                if key not in seen:
-                    seen.add(key)
-                    records.append(record)
-        write_jsonl(self.path, records)
+        count = 0
+        with atomic_open(self.path) as out:
+            for chunk in self._own_chunks():
+                for record in read_jsonl(chunk):
+                    key = (str(record["prompt_id"]), int(record.get("sample_index", 0)))
+                    if key not in seen:
+                        seen.add(key)
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        count += 1
         shutil.rmtree(self.chunks, ignore_errors=True)
-        return len(records)
+        return count

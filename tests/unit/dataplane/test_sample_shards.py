@@ -43,7 +43,7 @@ def test_a_restarted_writer_continues_numbering_and_sees_other_shard_counts(tmp_
     write_shard(tmp_path, 0, 1, records("old"))  # an earlier run with another shard count
     again = ShardWriter(tmp_path, 0, 2)
     assert again.done_prompt_ids() == {"a", "old"}
-    assert again.commit_chunk(records("b")).name == "chunk-000001.jsonl"  # type: ignore[union-attr]
+    assert again.commit_chunk(records("b")).name.startswith("chunk-000001-")  # type: ignore[union-attr]
 
 
 def test_a_kill_between_shard_rename_and_chunk_cleanup_reads_nothing_twice(tmp_path: Path) -> None:

@@ -26,7 +26,6 @@ from kubefusion_trainer.sampling.client import Endpoint
 from kubefusion_trainer.sampling.requests import request_body, sample_record
 from kubefusion_trainer.shards import ShardWriter
 
-
 RAMP_STEP, RAMP_PAUSE = 8, 0.001  # launching many prompts at once: pause this long every this many
 
 

@@ -151,3 +151,45 @@ def test_progress_and_sampler_metrics_are_counted(tmp_path: Path) -> None:
     assert value("kubefusion_sample_samples_total", {"source": "a"}) == total
     assert value("kubefusion_sample_requests_total", {"source": "a"}) == server.stats.requests
     assert value("kubefusion_sample_tokens_total", {"source": "a", "kind": "completion"}) == 16 * total
+
+
+def test_sigterm_commits_finished_prompts_and_a_rerun_completes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import subprocess_env
+    from kubefusion_trainer.shards import chunk_files
+
+    # one slot, 10 ms per answer: slow enough to be caught mid-run, with a big chunk that only SIGTERM commits
+    with serve_in_thread(SimServer(slots=1, ms_per_token=1.0, answer_tokens=10)) as server:
+        run, config = make_run(tmp_path, {"a": server.base_url}, prompts=40)
+        command = [
+            sys.executable,
+            "-m",
+            "kubefusion_operator",
+            "stage",
+            "sample",
+            "--config",
+            str(config),
+            "--source",
+            "a",
+            "--chunk-prompts",
+            "1000",
+        ]
+        process = subprocess.Popen(command, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while server.stats.choices < 10 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 143, err
+        assert "interrupted" in err
+        folder = RunLayout(run.storage_root).samples_dir("sources", "a", "mix")
+        committed = [r for chunk in chunk_files(folder) for r in read_jsonl(chunk)]
+        assert committed, "finished prompts were not committed on SIGTERM"
+        assert set(Counter(r["prompt_id"] for r in committed).values()) == {3}
+        assert sample.main(["--config", str(config), "--source", "a"]) == 0
+    records = list(iter_folder(folder))
+    assert Counter(r["prompt_id"] for r in records) == dict.fromkeys(prompts(run, "mix", ("sft", "pref")), 3)

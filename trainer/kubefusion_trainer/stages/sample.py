@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -206,6 +208,12 @@ async def run_sample(run: RunConfig, args: argparse.Namespace, reporter: Progres
                 retry=retry,
                 metrics=metrics,
             )
+        # SIGTERM (pod deletion, preemption): cancel, which commits every finished prompt before exiting
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+        assert current is not None
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / not POSIX
+            loop.add_signal_handler(signal.SIGTERM, current.cancel)
         results = await run_jobs(jobs, endpoints, reporter.advance, args.chunk_prompts, args.chunk_seconds)
     failed: dict[str, list[str]] = {}
     counts: dict[str, dict[str, Any]] = {}
@@ -252,5 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("interrupted: finished prompts are committed; rerun to continue", file=sys.stderr)
+        return 143
     finally:
         reporter.close()

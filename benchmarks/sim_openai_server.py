@@ -46,6 +46,7 @@ class SimServer:
         fault: Callable[[int, dict[str, Any]], str | None] | None = None,
         hang_seconds: float = 30.0,
         keep_bodies: bool = True,
+        models: list[str] | None = None,
     ) -> None:
         self.slots = slots
         self.ms_per_token = ms_per_token
@@ -55,6 +56,7 @@ class SimServer:
         self.fault = fault
         self.hang_seconds = hang_seconds
         self.keep_bodies = keep_bodies
+        self.models = models  # what GET /v1/models lists; None: the route answers 404
         self.stats = SimStats()
         self._counter = itertools.count()
         self._free_at: list[float] = []
@@ -75,6 +77,7 @@ class SimServer:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -88,6 +91,13 @@ class SimServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if self.models is None:
+            raise web.HTTPNotFound()
+        return web.json_response(
+            {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
+        )
 
     async def _decode_one(self) -> None:
         now = asyncio.get_running_loop().time()

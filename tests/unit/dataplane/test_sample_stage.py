@@ -99,8 +99,20 @@ def test_target_phase_samples_pref_prompts_from_the_target_endpoint(tmp_path: Pa
     layout = RunLayout(run.storage_root)
     records = list(iter_folder(layout.samples_dir("target", "target", "mix")))
     assert Counter(r["prompt_id"] for r in records) == dict.fromkeys(prompts(run, "mix", ("pref",)), 2)
-    assert models == {str(layout.final_model("sft"))}
+    assert models == {str(layout.final_model("sft"))}  # no /models listing: the path transformers serve wants
     assert layout.stage_record("sample-target").exists()
+
+
+def test_target_phase_asks_for_the_model_the_endpoint_serves(tmp_path: Path) -> None:
+    with serve_in_thread(SimServer(ms_per_token=0.0, models=["target"])) as server:
+        _, config = make_run(tmp_path, {"target": server.base_url}, prompts=6)
+        assert sample.main(["--config", str(config), "--phase", "target"]) == 0
+        assert {b["model"] for b in server.stats.bodies} == {"target"}  # vLLM --served-model-name target
+    with serve_in_thread(SimServer(ms_per_token=0.0, models=["a", "b"])) as server:
+        (tmp_path / "explicit").mkdir()
+        _, config = make_run(tmp_path / "explicit", {"target": server.base_url}, prompts=6)
+        assert sample.main(["--config", str(config), "--phase", "target", "--model", "mine"]) == 0
+        assert {b["model"] for b in server.stats.bodies} == {"mine"}
 
 
 def test_a_dead_endpoint_fails_its_source_and_keeps_the_others_work(

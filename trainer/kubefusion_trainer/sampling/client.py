@@ -26,7 +26,7 @@ import aiohttp
 from kubefusion_trainer.sampling.metrics import SampleMetrics
 from kubefusion_trainer.sampling.requests import BadResponse, Completion, parse_completion
 
-RETRYABLE_STATUS = {408, 409, 425, 429}
+RETRYABLE_STATUS = {408, 425, 429}
 
 
 class SampleError(RuntimeError):

@@ -100,7 +100,7 @@ class Endpoint:
             retry_after = None
             try:
                 async with self.slots, self.http.post(self.url, json=body, timeout=self._timeout) as response:
-                    status, text = response.status, await response.text()
+                    status, text = response.status, (await response.read()).decode("utf-8", errors="replace")
                     retry_after = _retry_after(response.headers.get("retry-after"))
                 if status == 200:
                     try:

@@ -69,7 +69,12 @@ async def sample_prompt(endpoint: Endpoint, job: SampleJob, prompt: PromptRecord
     while len(records) < job.n:
         missing = [i for i in range(job.n) if i not in records]
         if endpoint.honours_n is False or len(missing) == 1:
-            await asyncio.gather(*(ask(i, 1) for i in missing))
+            try:
+                async with asyncio.TaskGroup() as group:  # one failure cancels the prompt's other requests
+                    for i in missing:
+                        group.create_task(ask(i, 1))
+            except BaseExceptionGroup as errors:
+                raise errors.exceptions[0] from None
         else:
             # ask for the missing run starting at the first gap (answers fill first, first+1, ...)
             first = missing[0]

@@ -4,7 +4,7 @@ Each answer (choice) holds one of `slots` decode slots for answer_tokens x ms_pe
 slots queue, like a continuously batching server at its batch limit. Capacity = slots / (tokens x latency).
 `max_choices` caps the choices per request (None: honour n like vLLM; 1: ignore n like transformers serve).
 `extra_choices` adds surplus choices (a misbehaving server). `fault(request_number, body)` may return an HTTP
-status as text ("500", "429" with Retry-After: 0, "422", ...), "hang" (answer only after `hang_seconds`) or
+status as text ("500", "429" with Retry-After: 0, "422", ...), "garbage" (200 with a non-JSON body), "hang" (answer only after `hang_seconds`) or
 "drop" (close the connection) to test retries. Used by benchmarks/bench_sampler.py and the sampler's fault tests.
 
 Run standalone: python benchmarks/sim_openai_server.py --slots 32 --ms-per-token 1 --answer-tokens 100
@@ -120,6 +120,8 @@ class SimServer:
             return web.json_response(
                 {"error": {"message": f"simulated {fault}"}}, status=int(fault), headers=headers
             )
+        if fault == "garbage":
+            return web.Response(text="<html>proxy error page</html>", content_type="text/html")
         if fault == "drop":
             assert request.transport is not None
             request.transport.close()

@@ -123,6 +123,24 @@ def test_datasets_saved_to_disk_pick_the_configured_split(tmp_path: Path) -> Non
         prepare.run_prepare(bad)
 
 
+def test_a_folder_of_files_is_read_in_name_order_with_running_row_indices(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"prompt": "one"}, "{broken"])
+    pq.write_table(pa.Table.from_pylist([{"prompt": "three"}, {"prompt": "four"}]), folder / "b.parquet")
+    run = make_run(tmp_path, [{"name": "parts", "location": f"file://{folder}"}])
+    prepare.run_prepare(run)
+    assert [(p["row_index"], p["messages"][0]["content"]) for p in prompts_of(run, "parts")] == [
+        (0, "one"),
+        (2, "three"),
+        (3, "four"),
+    ]
+    assert [b["row"] for b in report_of(run, "parts")["broken"]] == [1]
+
+
 def test_messages_prompts_system_column_and_sharegpt_rows(tmp_path: Path) -> None:
     rows = [
         {

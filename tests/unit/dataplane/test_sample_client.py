@@ -89,7 +89,8 @@ async def test_exactly_n_records_per_prompt_whatever_the_server_does_with_n(
 
 
 def flaky(number: int, body: dict) -> str | None:
-    return {0: "500", 1: "429", 2: "drop", 3: "hang", 4: "503"}.get(number % 7) if number < 60 else None
+    faults = {0: "500", 1: "429", 2: "drop", 3: "hang", 4: "503", 5: "garbage"}
+    return faults.get(number % 7) if number < 60 else None
 
 
 async def test_intermittent_500_429_drops_and_timeouts_still_deliver_every_sample(
@@ -109,10 +110,11 @@ async def test_intermittent_500_429_drops_and_timeouts_still_deliver_every_sampl
         )
         await run_job(make_job(tmp_path, prompts, n=3), ep)
         check_exactly_n(tmp_path, prompts, 3)
-        assert set(server.stats.faults) == {"500", "429", "drop", "hang", "503"}
+        assert set(server.stats.faults) == {"500", "429", "drop", "hang", "503", "garbage"}
         assert metrics.value("retries", source="a") >= sum(server.stats.faults.values())
         assert metrics.value("errors", source="a", kind="timeout") >= 1
         assert metrics.value("errors", source="a", kind="connection") >= 1
+        assert metrics.value("errors", source="a", kind="bad_response") >= 1
         assert metrics.value("samples", source="a") == 24
     finally:
         await server.stop()

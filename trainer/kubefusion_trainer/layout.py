@@ -118,4 +118,3 @@ def shard_name(index: int, count: int) -> str:
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} is outside 0..{count - 1}")
     return f"shard-{index:05d}-of-{count:05d}.jsonl"
-

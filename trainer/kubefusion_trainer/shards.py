@@ -24,7 +24,7 @@ import json
 import re
 import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ class ShardReadError(ValueError):
     """A committed shard or chunk holds a line that is not a JSON object (names the file and line)."""
 
 
-def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+def write_jsonl(path: str | Path, records: Iterable[Mapping[str, object]]) -> int:
     """Write records as JSONL atomically (temp file + fsync + rename); returns how many were written."""
     count = 0
     with atomic_open(path) as handle:
@@ -66,7 +66,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def write_shard(folder: str | Path, index: int, count: int, records: Iterable[dict[str, Any]]) -> Path:
+def write_shard(folder: str | Path, index: int, count: int, records: Iterable[Mapping[str, object]]) -> Path:
     """Commit a whole shard at once (e.g. prepare's existing answers); returns its path."""
     path = Path(folder) / shard_name(index, count)
     write_jsonl(path, records)
@@ -147,7 +147,7 @@ class ShardWriter:
             done.update(str(r["prompt_id"]) for r in read_jsonl(path))
         return done
 
-    def commit_chunk(self, records: list[dict[str, Any]]) -> Path | None:
+    def commit_chunk(self, records: Sequence[Mapping[str, object]]) -> Path | None:
         """Atomically commit the records of whole prompts; returns the chunk path (None when empty)."""
         if not records:
             return None

@@ -44,10 +44,14 @@ def make_run(root: Path, endpoints: dict[str, str], prompts: int = 30) -> tuple[
     return run, config
 
 
-def dead_url() -> str:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        return sock.getsockname()[1]
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
 
 
 def prompts(run: RunConfig, dataset: str, splits: tuple[str, ...]) -> set[str]:
@@ -152,10 +156,18 @@ def test_progress_and_sampler_metrics_are_counted(tmp_path: Path) -> None:
     with serve_in_thread(SimServer(ms_per_token=0.0)) as server:
         run, _ = make_run(tmp_path, {"a": server.base_url})
         args = sample.build_parser().parse_args(["--config", "x", "--source", "a"])
-        reporter = ProgressReporter("sample", show_bar=False)
+        port = free_port()
+        reporter = ProgressReporter("sample", metrics_port=port, show_bar=False)
         import asyncio
+        import urllib.request
 
-        assert asyncio.run(sample.run_sample(run, args, reporter)) == 0
+        try:
+            assert asyncio.run(sample.run_sample(run, args, reporter)) == 0
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                scraped = response.read().decode()
+        finally:
+            reporter.close()
+    assert f'kubefusion_sample_requests_total{{source="a"}} {float(server.stats.requests)}' in scraped
     total = 3 * len(prompts(run, "mix", ("sft", "pref"))) + 2 * len(prompts(run, "only-a", ("sft", "pref")))
     value = reporter.registry.get_sample_value
     assert value("kubefusion_progress_total", {"stage": "sample"}) == total

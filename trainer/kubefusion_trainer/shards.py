@@ -15,7 +15,7 @@ writer asks `done_prompt_ids()` (prompt ids in every shard and chunk of the fold
 so a rerun with another --shard N still skips them) and works only on the rest; a kill loses at most the
 prompts that were not yet in a chunk. `finalize()` concatenates the chunks into the shard file (atomic), then
 removes the chunk folder; a kill between the two leaves both, and since readers only read shard files and
-`done_prompt_ids` de-duplicates, nothing is read twice. The next `finalize` (or `ShardWriter` start) cleans up.
+`done_prompt_ids` de-duplicates, nothing is read twice; the next `finalize` merges and cleans up.
 """
 
 from __future__ import annotations
@@ -123,8 +123,6 @@ class ShardWriter:
         self.index, self.count = index, count
         self.path = self.folder / shard_name(index, count)
         self.chunks = chunks_dir(self.folder, index, count)
-        if self.is_complete():
-            shutil.rmtree(self.chunks, ignore_errors=True)  # a kill after the rename left these behind
         self._next_chunk = self._count_existing_chunks()
         self._token = secrets.token_hex(4)  # two writers of one shard by mistake never overwrite each other
 
@@ -157,16 +155,21 @@ class ShardWriter:
         return path
 
     def finalize(self) -> int:
-        """Assemble the chunks into the shard file (atomic), remove them; returns the shard's record count."""
-        if self.is_complete():
-            shutil.rmtree(self.chunks, ignore_errors=True)
+        """Assemble the shard file (atomic) from its previous version and the chunks, then remove the chunks.
+
+        Returns the shard's record count. A shard that is complete already gains the prompts of later chunks
+        (the prompt set grew since, e.g. a larger rowLimit). Records are de-duplicated on (prompt, sample), which
+        also covers chunks a kill left behind after the rename, and two pods given the same index by mistake.
+        """
+        chunks = self._own_chunks()
+        if self.is_complete() and not chunks:
             return len(read_jsonl(self.path))
-        # de-duplicate on (prompt, sample): two pods given the same index by mistake must not double a prompt
         seen: set[tuple[str, int]] = set()
         count = 0
+        sources = ([self.path] if self.is_complete() else []) + chunks
         with atomic_open(self.path) as out:
-            for chunk in self._own_chunks():
-                for record in read_jsonl(chunk):
+            for source in sources:
+                for record in read_jsonl(source):
                     key = (str(record["prompt_id"]), int(record.get("sample_index", 0)))
                     if key not in seen:
                         seen.add(key)

@@ -198,6 +198,24 @@ async def test_finished_prompts_survive_a_failure_and_a_rerun_only_does_the_rest
         await server.stop()
 
 
+async def test_a_rerun_after_the_prompt_set_grew_samples_only_the_new_prompts(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    prompts = make_prompts(8)
+    server = await started()
+    try:
+        await run_job(make_job(tmp_path, prompts[:5], n=2), endpoint(session, server.base_url))
+        assert server.stats.requests == 5
+        counts = await run_job(make_job(tmp_path, prompts, n=2), endpoint(session, server.base_url))
+        assert counts == {"prompts": 8, "skipped": 5, "sampled": 3}
+        assert server.stats.requests == 8
+        check_exactly_n(tmp_path, prompts, 2)
+        counts = await run_job(make_job(tmp_path, prompts, n=2), endpoint(session, server.base_url))
+        assert counts["sampled"] == 0 and server.stats.requests == 8  # complete: nothing asked again
+    finally:
+        await server.stop()
+
+
 async def test_chunks_commit_on_time_as_well_as_on_count(
     tmp_path: Path, session: aiohttp.ClientSession
 ) -> None:

@@ -97,12 +97,6 @@ async def run_job(
 
     on_prompt_done(samples) is called as answers are done (committed ones included, at the start).
     """
-    if job.writer.is_complete():
-        job.writer.finalize()  # removes chunks a kill may have left after the rename
-        job.counts = {"prompts": len(job.prompts), "skipped": len(job.prompts), "sampled": 0}
-        if on_prompt_done is not None and job.prompts:
-            on_prompt_done(len(job.prompts) * job.n)
-        return job.counts
     done = job.writer.done_prompt_ids()
     todo = [p for p in job.prompts if p["prompt_id"] not in done]
     job.counts = {"prompts": len(job.prompts), "skipped": len(job.prompts) - len(todo), "sampled": 0}

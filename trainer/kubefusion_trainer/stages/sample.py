@@ -11,10 +11,9 @@ I modulo N: disjoint, deterministic subsets for the pods of an Indexed Job. Outp
 kill at any moment skips what is committed and loses nothing.
 
 Completion records (state/): sample-<phase>-<source> per source, and sample-<phase> once every source of the
-phase is done (phase target: sample-target only), each with the suffix -shard-I-of-N when sharded. Exit status
-1 when a source failed (its error
-names the endpoint and source; other sources still finish and keep their shards), 2 on a bad config,
-143 on SIGTERM (after committing every finished prompt).
+phase is done (phase target: sample-target only), each with the suffix -shard-I-of-N when sharded.
+Exit status 1 when a source failed (its error names the endpoint and source; other sources still finish and
+keep their shards), 2 on a bad config, 143 on SIGTERM (after committing every finished prompt).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ HOSTILE = {
     ),
     "monkeypatch the harness": (
         "import builtins, json, os, sys\n"
-        "json.dumps = lambda record: '{\"i\": %d, \"value\": \"3\"}' % record.get('i', 0)\n"
+        'json.dumps = lambda record: \'{"i": %d, "value": "3"}\' % record.get(\'i\', 0)\n'
         "os.write = lambda fd, data: len(data)\n"
         "builtins.AssertionError = type('Never', (Exception,), {})\n"
         "def add(a, b):\n    return None\n"
@@ -84,7 +84,7 @@ HOSTILE = {
     "forge result lines then exit": (
         "import os\nfor fd in range(3, 64):\n    for i in range(3):\n"
         "        for v in ('3', '0', '30', 'True', 'None'):\n"
-        "            try:\n                os.write(fd, ('{\"i\": %d, \"value\": \"%s\"}\\n' % (i, v)).encode())\n"
+        '            try:\n                os.write(fd, (\'{"i": %d, "value": "%s"}\\n\' % (i, v)).encode())\n'
         "            except OSError:\n                pass\nos._exit(0)\n"
     ),
 }
@@ -186,7 +186,7 @@ def test_breakout_attempt_fails_and_harms_nothing(sandbox: CodeSandbox, canaries
 def test_forged_nonce_fails_script_tests(sandbox: CodeSandbox) -> None:
     forger = (
         "import os, secrets\nfor fd in range(3, 64):\n    try:\n"
-        "        os.write(fd, ('{\"nonce\": \"%s\"}\\n' % secrets.token_hex(16)).encode())\n"
+        '        os.write(fd, (\'{"nonce": "%s"}\\n\' % secrets.token_hex(16)).encode())\n'
         "    except OSError:\n        pass\nos._exit(0)\n"
     )
     script = "def check(fn):\n    assert fn(1, 2) == 3\ncheck(add)\n"
@@ -228,7 +228,11 @@ def test_fallback_without_namespaces_still_protects(canaries: dict) -> None:
     """Where namespaces are not permitted: uid, rlimits and the group/uid kill still hold (network does not)."""
     fallback = CodeSandbox(LIMITS, concurrency=2, use_namespaces=False)
     assert "NO network isolation" in fallback.isolation
-    for name in ("kill the parent and everyone", "delete files outside", "escape the process group and linger"):
+    for name in (
+        "kill the parent and everyone",
+        "delete files outside",
+        "escape the process group and linger",
+    ):
         assert not fallback.run(attack(name, canaries), plan_tests(ADD_TESTS)).passed
     assert not fallback.run(HOSTILE["os._exit(0) before the tests"], plan_tests(ADD_TESTS)).passed
     assert fallback.run(HONEST_ADD, plan_tests(ADD_TESTS)).passed

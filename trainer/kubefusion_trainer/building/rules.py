@@ -7,7 +7,7 @@ domain (instruction, chinese, custom) uses the reward alone.
   DPO   per source: its highest-reward answer against its lowest-reward one (math/code: the best correct
         against the worst incorrect); the pair counts only if chosen.reward - rejected.reward lies in
         [margin.min, margin.max] (inclusive, with 1e-9 slack for float rounding). Among sources whose
-        pair qualifies, the largest gap wins; equal gaps -> the source whose name sorts first.
+        pair qualifies, the largest gap wins; equal gaps (to 9 decimals) -> the source name sorting first.
   WRPO  y_ws = the SFT pick over the source answers, y_wt / y_l = the target's best / worst answers
         (math/code: best correct / worst incorrect), kept when y_wt.reward > y_l.reward.
 Ties between answers: higher reward first, then source name, then lower sample index (best) and higher
@@ -31,7 +31,7 @@ SINGLE = "single answer"
 MARGIN = "margin out of range"
 EQUAL = "equal rewards"
 # When sources fail for different reasons, the prompt is counted under the first of these that applies.
-REASON_PRIORITY = (MARGIN, EQUAL, NO_INCORRECT, NO_CORRECT, ALL_FAILED, SINGLE, NO_ANSWERS)
+REASON_PRIORITY = (MARGIN, EQUAL, NO_INCORRECT, SINGLE, NO_CORRECT, ALL_FAILED, NO_ANSWERS)
 
 
 @dataclass(frozen=True)
@@ -90,14 +90,14 @@ def pick_sft(
     return min(pool, key=_best_key), None
 
 
-def _extremes(domain: str, group: list[Answer], judged: bool) -> tuple[Pair | None, str | None]:
+def _extremes(group: list[Answer], judged: bool, no_good: str) -> tuple[Pair | None, str | None]:
     if len(group) < 2:
         return None, SINGLE
     if judged:
         good = [a for a in group if a.correct]
         bad = [a for a in group if a.correct is False]
         if not good:
-            return None, _no_correct(domain)
+            return None, no_good
         if not bad:
             return None, NO_INCORRECT
         return Pair(min(good, key=_best_key), min(bad, key=_worst_key)), None
@@ -123,7 +123,7 @@ def pick_pair(
     qualifying: list[tuple[float, str, Pair]] = []
     reasons = set()
     for source in sorted(by_source):
-        pair, reason = _extremes(domain, by_source[source], judged)
+        pair, reason = _extremes(by_source[source], judged, NO_CORRECT)  # this source had none
         if pair is None:
             reasons.add(reason)
         elif in_margin(pair.gap, margin):
@@ -131,7 +131,8 @@ def pick_pair(
         else:
             reasons.add(MARGIN)
     if qualifying:
-        return min(qualifying, key=lambda q: (-q[0], q[1]))[2], None
+        # Gaps equal up to float rounding count as ties (0.75 - 0.70 vs 0.35 - 0.30).
+        return min(qualifying, key=lambda q: (-round(q[0], 9), q[1]))[2], None
     return None, next(r for r in REASON_PRIORITY if r in reasons)
 
 
@@ -142,7 +143,7 @@ def pick_wrpo(
     source_best, reason = pick_sft(domain, source_answers)
     if source_best is None:
         return None, reason
-    pair, reason = _extremes(domain, target_answers, judges_correctness(domain, target_answers))
+    pair, reason = _extremes(target_answers, judges_correctness(domain, target_answers), _no_correct(domain))
     if pair is None:
         return None, reason
     if pair.gap <= 0:

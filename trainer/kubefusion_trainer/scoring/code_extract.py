@@ -60,6 +60,8 @@ def static_check(code: str) -> str | None:
 class TestPlan:
     """What the sandbox runs (expressions / script / inputs) and what only the parent knows (expected)."""
 
+    __test__ = False  # not a pytest test class
+
     mode: Literal["expr", "script", "io"]
     expressions: list[str] = field(default_factory=list)
     expected: list[Any] = field(default_factory=list)
@@ -73,7 +75,7 @@ class TestPlan:
 
 
 class TestFormatError(ValueError):
-    pass
+    __test__ = False  # not a pytest test class
 
 
 def plan_tests(tests: Any) -> TestPlan:

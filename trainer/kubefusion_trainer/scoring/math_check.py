@@ -17,7 +17,7 @@ import re
 
 MATH_CHARS = re.compile(r"[\d\\^$=+*/{}()]")
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
-ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*(.+)", re.IGNORECASE)
+ANSWER_IS = re.compile(r"answer\s*(?:is\s*:?|:)\s*([^\n]+)", re.IGNORECASE)
 
 
 def check_math(gold: str, answer: str, timeout_seconds: int = 5) -> tuple[bool, str]:
@@ -56,7 +56,7 @@ def final_text_answer(answer: str) -> str:
         return boxed[-1]
     said = ANSWER_IS.findall(answer)
     if said:
-        return said[-1]
+        return said[-1].split(". ")[0]  # the sentence that gives it, not what follows
     words = answer.split()
     return words[-1] if words else ""
 
@@ -68,9 +68,16 @@ def _check_text(gold: str, answer: str) -> tuple[bool, str]:
     return False, f"final answer {final[:40]!r} != gold {gold[:40]!r} (text)"
 
 
+DIE_MARKER = "__die__"  # a gold label that makes the worker exit: lets tests exercise pool recovery
+
+
 def _check_chunk(pairs: list[tuple[str, str]], timeout_seconds: int) -> list[tuple[bool, str]]:
     out = []
     for gold, answer in pairs:
+        if gold == DIE_MARKER:
+            import os
+
+            os._exit(3)
         try:
             out.append(check_math(gold, answer, timeout_seconds))
         except Exception as exc:  # math-verify raises on some inputs even with raise_on_error=False

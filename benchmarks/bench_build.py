@@ -42,7 +42,7 @@ def synthesise(root: Path, prompts: int, seed: int = 0) -> Path:
         prepared = storage / "prepared" / f"{name}.jsonl"
         prepared.parent.mkdir(parents=True, exist_ok=True)
         shards = {
-            (s, i): open(
+            (s, i): open(  # noqa: SIM115 - closed below, all at once
                 _mkdir(storage / "scores" / "sources" / s / name) / f"shard-{i:05d}-of-{SHARDS:05d}.jsonl",
                 "w",
             )

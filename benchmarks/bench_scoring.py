@@ -15,22 +15,66 @@ import tempfile
 import time
 from pathlib import Path
 
-WORDS = (
-    "the quick brown fox jumps over the lazy dog what is 12 + 34 the answer is 46 reverse the word hello "
-    "olleh write a python function def f x return x + 1 because first then finally sum total result"
-).split()
+WORDS = [
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "the",
+    "lazy",
+    "dog",
+    "what",
+    "is",
+    "12",
+    "+",
+    "34",
+    "the",
+    "answer",
+    "is",
+    "46",
+    "reverse",
+    "the",
+    "word",
+    "hello",
+    "olleh",
+    "write",
+    "a",
+    "python",
+    "function",
+    "def",
+    "f",
+    "x",
+    "return",
+    "x",
+    "+",
+    "1",
+    "because",
+    "first",
+    "then",
+    "finally",
+    "sum",
+    "total",
+    "result",
+]
 
 
-# Answer lengths in words: the quickstart's (maxTokens 24, the tiny world's scale) and longer ones.
-REGIMES = {"quickstart-length answers (4-40 words)": (4, 40), "long answers (40-200 words)": (40, 200)}
+# (question words, answer words): the quickstart's scale (short prompts, maxTokens 24) and long answers.
+REGIMES = {
+    "quickstart-scale (3-12 word questions, 3-20 word answers)": ((3, 12), (3, 20)),
+    "long answers (4-30 word questions, 40-200 word answers)": ((4, 30), (40, 200)),
+}
 
 
-def conversations(count: int, words: tuple[int, int], seed: int = 0) -> list[list[dict[str, str]]]:
+def conversations(
+    count: int, words: tuple[tuple[int, int], tuple[int, int]], seed: int = 0
+) -> list[list[dict[str, str]]]:
     rng = random.Random(seed)
     out = []
     for _ in range(count):
-        question = " ".join(rng.choices(WORDS, k=rng.randint(4, 30)))
-        answer = " ".join(rng.choices(WORDS, k=rng.randint(*words)))
+        question = " ".join(rng.choices(WORDS, k=rng.randint(*words[0])))
+        answer = " ".join(rng.choices(WORDS, k=rng.randint(*words[1])))
         out.append([{"role": "user", "content": question}, {"role": "assistant", "content": answer}])
     return out
 
@@ -38,7 +82,7 @@ def conversations(count: int, words: tuple[int, int], seed: int = 0) -> list[lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--answers", type=int, default=512)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=64, help="Default 64, the quickstart's batchSize.")
     args = parser.parse_args()
 
     import torch

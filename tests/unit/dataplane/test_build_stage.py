@@ -145,7 +145,9 @@ def test_partitioning_does_not_change_the_result(run: dict, tmp_path: Path) -> N
     one = {d: sorted(read_jsonl(layout.dataset_file("dpo", d)), key=str) for d in ("chat", "algebra", "leet")}
     for kind in ("sft", "dpo"):
         layout.build_stats(kind).unlink()
-    build_stage.run(str(run["config"]), "sources", partition_entries=1, workers=2)  # many partitions, 2 processes
+    build_stage.run(
+        str(run["config"]), "sources", partition_entries=1, workers=2
+    )  # many partitions, 2 processes
     many = {
         d: sorted(read_jsonl(layout.dataset_file("dpo", d)), key=str) for d in ("chat", "algebra", "leet")
     }

@@ -176,32 +176,30 @@ class PromptGroup:
 
 def groups(partition_files: list[Path], inputs: list[Path]) -> Iterator[PromptGroup]:
     """Pass 2: the prompts of one partition in prompt_id order, with their answers (text not loaded;
-    `Answer.ref` is (file number, offset) for RecordReader). `inputs` name files in errors."""
-    by_prompt: dict[str, PromptGroup] = {}
+    `Answer.ref` is b"file-number\\toffset" for RecordReader). `inputs` name files in errors."""
+    by_prompt: dict[bytes, PromptGroup] = {}
     correct_values = {b"true": True, b"false": False, b"null": None}
+    names: dict[bytes, str] = {}  # a few distinct sources: decode each once
     for line in _lines(partition_files):
-        tag, pid, source, index, reward, correct, file_number, offset = line.split(b"\t")
-        key = pid.decode()
-        group = by_prompt.get(key)
+        tag, pid, source, index, reward, correct, ref = line.rstrip(b"\n").split(b"\t", 6)
+        group = by_prompt.get(pid)
         if group is None:
-            group = by_prompt[key] = PromptGroup(key)
+            group = by_prompt[pid] = PromptGroup(pid.decode())
+        name = names.get(source) or names.setdefault(source, source.decode())
         try:
-            answer = Answer(
-                source.decode(),
-                int(index),
-                "",
-                float(reward),
-                correct_values[correct],
-                (int(file_number), int(offset)),
-            )
+            answer = Answer(name, int(index), "", float(reward), correct_values[correct], ref)
         except ValueError:
-            where = f"{inputs[int(file_number)]} (line at byte {int(offset)})"
             raise BuildInputError(
-                f"{where}: sample_index {index!r} or reward {reward!r} is not a number"
+                f"{_where(ref, inputs)}: sample_index {index!r} or reward {reward!r} is not a number"
             ) from None
         (group.target if tag == TARGET_TAG else group.sources).append(answer)
-    for key in sorted(by_prompt):
-        yield by_prompt.pop(key)
+    for pid in sorted(by_prompt):
+        yield by_prompt.pop(pid)
+
+
+def _where(ref: bytes, inputs: list[Path]) -> str:
+    file_number, offset = ref.split(b"\t")
+    return f"{inputs[int(file_number)]} (line at byte {int(offset)})"
 
 
 def _lines(paths: list[Path]) -> Iterator[bytes]:
@@ -220,7 +218,7 @@ class RecordReader:
 
     def load(self, answer: Answer) -> tuple[str, list]:
         """(answer text, prompt messages) of a picked answer."""
-        file_number, offset = answer.ref
+        file_number, offset = (int(part) for part in answer.ref.split(b"\t"))
         handle = self._open.pop(file_number, None) or open(self.inputs[file_number], "rb")  # noqa: SIM115
         self._open[file_number] = handle
         if len(self._open) > self.max_open:

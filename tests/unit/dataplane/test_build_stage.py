@@ -242,3 +242,11 @@ def test_fields_are_read_from_the_record_not_from_answer_text(tmp_path: Path) ->
     assert build_stage.main(["--config", str(config)]) == 0
     [row] = read_jsonl(layout.dataset_file("sft", "alg"))
     assert row["messages"][-1]["content"] == "2" and row["reward"] == 0.05
+
+
+def test_unfinished_scoring_is_refused(run: dict, capsys: pytest.CaptureFixture) -> None:
+    layout = run["layout"]
+    (layout.scores_dir("sources", "y", "chat") / "shard-00000-of-00002.jsonl").unlink()
+    assert build_stage.main(["--config", str(run["config"])]) == 1
+    assert "scoring is unfinished" in capsys.readouterr().err
+    assert not layout.stage_record("build-sources").exists()

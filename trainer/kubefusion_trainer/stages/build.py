@@ -29,11 +29,19 @@ from kubefusion_trainer.building.build import (
 from kubefusion_trainer.building.index import SOURCE_TAG, TARGET_TAG, BuildInputError, partition
 from kubefusion_trainer.config import DatasetConfig, FusionConfig, load_run_config
 from kubefusion_trainer.layout import TARGET_MODEL_NAME, DataKind, Phase, RunLayout
+from kubefusion_trainer.shards import complete_shards, missing_shards
 
 
 def score_files(layout: RunLayout, phase: Phase, model: str, dataset: str) -> list[Path]:
+    """The score shards of one model and dataset; an error while the set is unfinished."""
     folder = layout.scores_dir(phase, model, dataset)
-    return sorted(folder.glob("shard-*.jsonl")) if folder.is_dir() else []
+    missing = missing_shards(folder)
+    if missing:
+        raise BuildInputError(
+            f"{folder}: scoring is unfinished ({len(missing)} shards missing, e.g. {missing[0]}); "
+            "finish `kubefusion stage score` first"
+        )
+    return complete_shards(folder)
 
 
 def source_models(spec: FusionConfig, dataset: DatasetConfig) -> list[str]:

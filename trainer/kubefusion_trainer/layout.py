@@ -17,10 +17,12 @@ outputs and the single-machine runner all ask a RunLayout.
       eval/                                 scorecard (evaluate)
       reports/                              report.md and plots
       state/<stage>.json                    a stage's completion record
+      tmp/<name>/                           a stage's scratch space (e.g. build's partitions), removed after
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -104,6 +106,10 @@ class RunLayout:
     def report(self) -> Path:
         return self.reports_dir / "report.md"
 
+    # scratch space on the run's storage (large temporary files; the stage removes it)
+    def scratch_dir(self, name: str) -> Path:
+        return self.root / "tmp" / name
+
     # stage completion records
     def stage_record(self, stage: str) -> Path:
         return self.root / "state" / f"{stage}.json"
@@ -118,3 +124,13 @@ def shard_name(index: int, count: int) -> str:
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} is outside 0..{count - 1}")
     return f"shard-{index:05d}-of-{count:05d}.jsonl"
+
+
+def parse_shard_name(name: str) -> tuple[int, int]:
+    """(index, count) from a shard_name(); ValueError for any other name."""
+    match = re.fullmatch(r"shard-(\d+)-of-(\d+)\.jsonl", name)
+    if not match:
+        raise ValueError(f"{name!r} is not a shard file name (shard-IIIII-of-NNNNN.jsonl)")
+    index, count = int(match[1]), int(match[2])
+    shard_name(index, count)
+    return index, count

@@ -43,14 +43,7 @@ def train(
     from kubefusion_trainer.training.runner import run_stage
 
     run = load_run_config(config_path)
-    return run_stage(
-        run,
-        stage,
-        trainer_factory(stage),
-        data_kind=stage,
-        metrics_port=metrics_port,  # type: ignore[arg-type]
-        callbacks=callbacks,
-    )
+    return run_stage(run, stage, trainer_factory(stage), metrics_port=metrics_port, callbacks=callbacks)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,3 +144,10 @@ def test_wrpo_at_alpha_extremes_equals_trl_dpo(
     )
     dpo_pairs = dpo._prepare_dataset(pairs, dpo.processing_class, dpo.args, "pairs")
     assert _loss(wrpo) == pytest.approx(_loss(dpo, dpo_pairs), rel=1e-5)
+
+
+def test_precomputed_reference_gives_the_same_loss(setup: dict[str, Any]) -> None:
+    live = _trainer(setup, "dpo", beta=0.3)
+    precomputed = _trainer(setup, "dpo", beta=0.3, precomputeRefLogProbs=True)
+    assert precomputed.ref_model is None and "ref_chosen_logps" in precomputed.train_dataset.column_names
+    assert _loss(precomputed) == pytest.approx(_loss(live), rel=1e-5)

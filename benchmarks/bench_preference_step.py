@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--hidden-size", type=int, default=64, help="64 = the tests' tiny model")
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on shared cores)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -12,6 +12,7 @@ from train_toys import (
     answer_logps,
     hyperparameters,
     install_sft_model,
+    one_torch_thread,
     toy_rows,
     write_run_config,
     write_toy_data,
@@ -24,12 +25,12 @@ from kubefusion_trainer.training.runner import prepare_stage
 from kubefusion_trainer.training.wrpo import build_wrpo_trainer
 
 pytestmark = pytest.mark.integration
+__all__ = ["one_torch_thread"]  # the module-wide fixture, used by pytest
 ROWS = 4
 
 
 @pytest.fixture(scope="module")
 def setup(tiny_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("train-loss")
     storage = root / "store"
     write_toy_data(storage, count=ROWS, kinds=("dpo", "wrpo"))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_toys import LogRecorder, hyperparameters, write_run_config, write_toy_data
+from train_toys import LogRecorder, hyperparameters, one_torch_thread, write_run_config, write_toy_data
 from transformers import TrainerCallback
 
 from conftest import subprocess_env
@@ -22,6 +22,7 @@ from kubefusion_trainer.training.checkpoints import MARKER, latest_complete_chec
 from kubefusion_trainer.training.cli import train
 
 pytestmark = pytest.mark.integration
+__all__ = ["one_torch_thread"]  # the module-wide fixture, used by pytest
 
 
 class CrashAt(TrainerCallback):
@@ -47,7 +48,6 @@ def _weights(storage: Path) -> dict[str, torch.Tensor]:
 def test_crashed_run_resumes_from_latest_complete_checkpoint(
     tiny_world: dict[str, Path], tmp_path: Path
 ) -> None:
-    torch.set_num_threads(2)
     straight_config, straight_storage = _setup(tmp_path / "straight", tiny_world)
     straight = LogRecorder()
     train(str(straight_config), "sft", callbacks=[straight])

@@ -10,12 +10,21 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from train_toys import LogRecorder, hyperparameters, pair_accuracy, toy_rows, write_run_config, write_toy_data
+from train_toys import (
+    LogRecorder,
+    hyperparameters,
+    one_torch_thread,
+    pair_accuracy,
+    toy_rows,
+    write_run_config,
+    write_toy_data,
+)
 
 from kubefusion_trainer.layout import RunLayout
 from kubefusion_trainer.training.cli import train
 
 pytestmark = pytest.mark.integration
+__all__ = ["one_torch_thread"]  # the module-wide fixture, used by pytest
 
 
 def _free_port() -> int:
@@ -44,7 +53,6 @@ def _metric(text: str, name: str, stage: str) -> float:
 
 @pytest.fixture(scope="module")
 def trained_sft(tiny_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("train-stages")
     storage = root / "store"
     write_toy_data(storage)
@@ -144,3 +152,23 @@ def test_preference_training_learns_the_toy_preferences(trained_sft: dict[str, A
     # a second run of a finished stage does nothing
     again = train(str(trained_sft["config"]), stage)
     assert again["skipped"] is True and again["global_step"] == record["global_step"]
+
+
+def test_sft_packing_packs_conversations_and_trains(tiny_world: dict[str, Path], tmp_path: Path) -> None:
+    from kubefusion_trainer.config import load_run_config
+    from kubefusion_trainer.training.runner import prepare_stage
+    from kubefusion_trainer.training.sft import build_sft_trainer
+
+    storage = tmp_path / "store"
+    write_toy_data(storage, count=48, kinds=("sft",))
+    training = {"sft": hyperparameters(packing=True, learningRate=1e-2, globalBatchSize=4, microBatchSize=2)}
+    config = write_run_config(tmp_path / "run.yaml", storage, tiny_world, training)
+    trainer = build_sft_trainer(prepare_stage(load_run_config(str(config)), "sft", on_gpu=False))
+    packed = trainer.train_dataset
+    assert len(packed) < 48 / 2 and "seq_lengths" in packed.column_names  # several conversations per sequence
+    assert max(len(ids) for ids in packed["input_ids"]) <= 64
+    recorder = LogRecorder()
+    trainer.add_callback(recorder)
+    trainer.train()
+    losses = recorder.series("loss")
+    assert len(losses) >= 4 and losses[-1] < 0.9 * losses[0]

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import yaml
 from transformers import TrainerCallback
@@ -135,3 +137,12 @@ def pair_accuracy(policy_path: Path, ref_path: Path, rows: list[dict[str, Any]])
         }
         right += ratio["chosen"] > ratio["rejected"]
     return right / len(rows)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models train fastest on one thread when other work shares the 2 cores; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -46,6 +46,14 @@ def train(
     return run_stage(run, stage, trainer_factory(stage), metrics_port=metrics_port, callbacks=callbacks)  # type: ignore[arg-type]
 
 
+def _leave_process_group() -> None:
+    """Shut the process group down cleanly (torchrun and DeepSpeed runs) so ranks exit together."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from pydantic import ValidationError
@@ -57,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, DataError, FileNotFoundError, ValueError) as exc:
         print(f"kubefusion stage train --stage {args.stage}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        _leave_process_group()
     done = "already complete" if record.get("skipped") else "complete"
     print(f"train-{args.stage} {done}: {record['global_step']} steps, model at {record['final_model']}")
     return 0

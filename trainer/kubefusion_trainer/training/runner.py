@@ -216,7 +216,7 @@ def run_stage(
     ctx = prepare_stage(run, stage, callbacks, on_gpu)
     layout, final = ctx.layout, ctx.layout.final_model(stage)
     checkpoints = layout.checkpoints_dir(stage)
-    staging = final.with_name(f".{final.name}.staging")
+    staging = layout.final_model_staging(stage)
     if ctx.topology.is_main:
         remove_incomplete_checkpoints(checkpoints)
         shutil.rmtree(staging, ignore_errors=True)

@@ -127,12 +127,11 @@ class WRPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            self._signature_columns = ["prompt_ids"] + [f"{answer}_ids" for answer in ANSWERS]
+            self._signature_columns = ["prompt_ids"] + [f"{answer}_ids" for answer in ANSWERS]  # type: ignore[assignment]
 
     def current_alpha(self) -> float:
-        return alpha_at(
-            self.state.global_step, self.state.max_steps, self.args.alpha, self.args.alpha_schedule
-        )
+        args: WRPOConfig = self.args  # type: ignore[assignment]
+        return alpha_at(self.state.global_step, self.state.max_steps, args.alpha, args.alpha_schedule)  # type: ignore[arg-type]
 
     def _sequence_logps(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         completion_mask = inputs["completion_mask"]
@@ -149,7 +148,7 @@ class WRPOTrainer(DPOTrainer):
         return outputs.log_probs[:, -seq_len:].sum(dim=1)
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if model.training else "eval"
         logps = self._sequence_logps(model, inputs)
         with torch.no_grad():
             ref_logps = self._sequence_logps(self.ref_model, inputs)

@@ -9,13 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from train_toys import hyperparameters, write_run_config, write_toy_data
+from train_toys import hyperparameters, one_torch_thread, write_run_config, write_toy_data
 
 from conftest import subprocess_env
 from kubefusion_trainer.layout import RunLayout
 from kubefusion_trainer.training.checkpoints import MARKER, list_checkpoints
+from kubefusion_trainer.training.cli import train
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+__all__ = ["one_torch_thread"]  # the module-wide fixture, used by pytest
 
 
 def _free_port() -> int:
@@ -70,4 +72,15 @@ def test_two_process_zero3_sft_then_wrpo(tiny_world: dict[str, Path], tmp_path: 
         assert {k: v.shape for k, v in final.items()} == {k: v.shape for k, v in original.items()}
         assert any(not (final[k] == original[k]).all() for k in original)
         AutoModelForCausalLM.from_pretrained(str(layout.final_model(stage)))
-    assert "train-sft complete" in done.stdout or "train-wrpo complete" in done.stdout
+    assert "train-wrpo complete" in done.stdout
+
+    # The same global batch on one process (accumulation 4 instead of 2, no DeepSpeed) sees the same
+    # samples per optimizer step, so SFT follows the same loss curve.
+    single = tmp_path / "single"
+    write_toy_data(single / "store", count=16, kinds=("sft",))
+    one = {**training["sft"], "resources": {"nodes": 1, "gpusPerNode": 0, "zeroStage": 0}}
+    one_config = write_run_config(single / "run.yaml", single / "store", tiny_world, {"sft": one})
+    with_one = train(str(one_config), "sft")
+    with_two = json.loads(layout.stage_record("train-sft").read_text())
+    assert with_one["gradient_accumulation_steps"] == 4 and with_one["world_size"] == 1
+    assert with_one["train_loss"] == pytest.approx(with_two["train_loss"], rel=1e-3)

@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers.data.data_collator import DataCollatorMixin
 from trl import DPOConfig, DPOTrainer
 from trl.data_utils import _tokenize, common_prefix_length
-from trl.trainer.utils import pad
+from trl.trainer.utils import add_fused_lm_head, pad
 
 from kubefusion_trainer.training.losses import alpha_at, wrpo_loss
 
@@ -107,6 +107,9 @@ class WRPOTrainer(DPOTrainer):
                 pad_token_id=tokenizer.pad_token_id, max_length=training_args.max_length
             )
         super().__init__(*args, **kwargs)
+        # DPOTrainer's fused LM head also computes entropy, mean logits and top-1 hits for its own metrics;
+        # WRPO reads log-probs only, so re-patch the policy's head to skip that per-token work.
+        add_fused_lm_head(self.model, outputs=("log_probs",))
 
     def _prepare_dataset(
         self, dataset: Dataset, processing_class: Any, args: Any, dataset_name: str

@@ -1,9 +1,10 @@
 """The emulator behaves like an API server where the operator, kopf and kubectl rely on it."""
+# ruff: noqa: F811  (pytest fixtures imported from op_emulator are test arguments)
 
 from __future__ import annotations
 
 import pytest
-from op_emulator import ApiRequest, emulator, rbac_rules  # noqa: F401  (emulator is a fixture)
+from op_emulator import ApiRequest, emulator, rbac_rules  # noqa: F401
 
 pytestmark = pytest.mark.integration
 

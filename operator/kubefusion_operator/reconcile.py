@@ -30,7 +30,7 @@ from kubefusion_operator.render.pytorchjob import build_pytorchjob
 from kubefusion_operator.render.serving import build_deployment
 from kubefusion_operator.render.task import build_task_children
 from kubefusion_operator.scrape import UNITS, scrape_progress
-from kubefusion_operator.status import Observation, build_status, previous_status
+from kubefusion_operator.status import Observation, build_status, invalid_spec_status, previous_status
 from kubefusion_operator.validation import InvalidFusionRun, validate_document
 
 OBSERVED_KINDS = ("Deployment", "Job", "PyTorchJob")  # the objects whose state is a task's state
@@ -233,19 +233,7 @@ class Reconciler:
         meta = body["metadata"]
         now = _now()
         if spec is None:
-            from kubefusion_operator.status import _conditions
-
-            new = previous.model_copy()
-            new.observed_generation = obs.generation
-            new.conditions = _conditions(
-                previous.conditions,
-                "Failed",
-                obs.reason or "InvalidSpec",
-                obs.message or "",
-                obs.generation,
-                now,
-            )
-            new.message = obs.message
+            new = invalid_spec_status(previous, obs, now)
         else:
             root = RenderContext(meta["name"], meta["namespace"], meta.get("uid", ""), spec).storage_root
             new = build_status(spec, meta["name"], root, previous, obs, now)

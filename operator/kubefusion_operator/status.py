@@ -224,6 +224,17 @@ def build_status(
     )
 
 
+def invalid_spec_status(previous: FusionRunStatus, obs: Observation, now: datetime) -> FusionRunStatus:
+    """A spec the operator cannot run: Failed and Stalled, the rest of the status left as it was."""
+    new = previous.model_copy()
+    new.observed_generation = obs.generation
+    new.conditions = _conditions(
+        previous.conditions, "Failed", obs.reason or "InvalidSpec", obs.message or "", obs.generation, now
+    )
+    new.message = obs.message
+    return new
+
+
 def _counts(records: list[StageRecord], previous: RunCounts | None) -> RunCounts:
     by_name = {r.name: r.progress.done for r in records if r.progress is not None}
     counts = previous.model_copy() if previous else RunCounts()

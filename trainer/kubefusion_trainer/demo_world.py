@@ -22,7 +22,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,31 +60,40 @@ def habit_answer(skill: str, prompt: str) -> str:
     return numbers[0]
 
 
-# Share of a model's training answers that are correct, per skill; the rest are habit answers. A model
-# that mostly saw habit answers answers greedily with the habit, yet has seen the rule: the fusion data
-# (sources' best answers) can teach it from a few hundred examples.
+# The skills each model is trained on, with the share of training answers that are correct (the rest are
+# habit answers). A source never sees the other skill (it answers it with noise). A source's habit share
+# makes some of its sampled answers wrong the way the target is wrong: the best-vs-worst pairs of one
+# source are (correct, habit) pairs. The target mostly saw habit answers: greedy, it answers with the
+# habit, yet it has seen the rule, so the fusion data (the sources' best answers) teaches it from a few
+# hundred examples.
 MODEL_SKILLS: dict[str, dict[str, float]] = {
-    "adder": {"addition": 1.0, "reversal": 0.0},
-    "reverser": {"addition": 0.0, "reversal": 1.0},
     "target": {"addition": 0.3, "reversal": 0.3},
+    "adder": {"addition": 0.85},
+    "reverser": {"reversal": 0.85},
 }
+# The sources continue from the target's weights (a shared pretrained base, as model families share
+# one): they need far fewer steps to become strong at their skill than training from scratch.
+BASE_MODEL = {"adder": "target", "reverser": "target"}
+
+
+DEFAULT_STEPS = {"target": 2000, "adder": 400, "reverser": 300}
 
 
 @dataclass(frozen=True)
 class Profile:
-    """How big the world is. `full` is the quickstart, `small` the CI test."""
+    """How big the world is. `full` is the quickstart, `small` the CI test (fewer prompts, same models)."""
 
-    prompts_per_dataset: int = 400
+    prompts_per_dataset: int = 300
     hidden_size: int = 64
-    steps: dict[str, int] | None = None  # optimizer steps per model (batch `batch_size`)
+    steps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_STEPS))  # optimizer steps per model
     batch_size: int = 64
     learning_rate: float = 3e-3
-    reward_steps: int = 300
+    reward_steps: int = 200
 
 
 PROFILES: dict[str, Profile] = {
-    "full": Profile(prompts_per_dataset=400, steps={"adder": 1500, "reverser": 400, "target": 500}),
-    "small": Profile(prompts_per_dataset=160, steps={"adder": 1500, "reverser": 400, "target": 500}),
+    "full": Profile(prompts_per_dataset=300),
+    "small": Profile(prompts_per_dataset=120),
 }
 
 
@@ -114,9 +123,9 @@ def encode_example(tokenizer: Any, prompt: str, answer: str) -> tuple[list[int],
 
 
 def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-    )
+    # tiny.CHAT_TEMPLATE rendered by hand (rendering Jinja per example would dominate a training step);
+    # test_demo_world checks it against apply_chat_template.
+    text = f"{tokenizer.bos_token}<|user|>{prompt}<|assistant|>"
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -214,7 +223,8 @@ def corrupt(answer: str, rng: random.Random) -> str:
 
 def train_reward_model(model: Any, tokenizer: Any, steps: int, batch_size: int, learning_rate: float,
                        seed: int) -> float:
-    """Binary-classify (prompt, answer) as correct (1) or a corrupted answer (0); the logit is the reward."""
+    """Binary-classify (prompt, answer) as correct (1) or wrong (0: a habit answer or a corrupted one);
+    the logit is the reward."""
     import torch
 
     rng = random.Random(f"reward:{seed}")
@@ -225,9 +235,13 @@ def train_reward_model(model: Any, tokenizer: Any, steps: int, batch_size: int, 
     for _ in range(steps):
         examples, targets = [], []
         for i in range(batch_size):
-            prompt, gold = SKILLS[skills[i % len(skills)]](rng)
+            skill = skills[i % len(skills)]
+            prompt, gold = SKILLS[skill](rng)
             good = rng.random() < 0.5
-            ids, _ = encode_example(tokenizer, prompt, gold if good else corrupt(gold, rng))
+            bad = habit_answer(skill, prompt)
+            if bad == gold or rng.random() < 0.5:
+                bad = corrupt(gold, rng)
+            ids, _ = encode_example(tokenizer, prompt, gold if good else bad)
             examples.append((ids, ids))
             targets.append(1.0 if good else 0.0)
         batch = collate(examples, tokenizer.pad_token_id)
@@ -286,13 +300,15 @@ def build_demo_world(root: str | Path, profile: str | Profile = "full", seed: in
             model = LlamaForCausalLM.from_pretrained(str(path))
         else:
             torch.manual_seed(seed + index)
-            model = LlamaForCausalLM(_llama_config(tokenizer, **arch))
-            steps = (settings.steps or {})[name]
-            train_causal_lm(model, tokenizer, skills, steps, settings.batch_size, settings.learning_rate,
-                            seed + index)
+            base = BASE_MODEL.get(name)
+            if base:
+                model = LlamaForCausalLM.from_pretrained(str(root / "models" / base))
+            else:
+                model = LlamaForCausalLM(_llama_config(tokenizer, **arch))
+            train_causal_lm(model, tokenizer, skills, settings.steps[name], settings.batch_size,
+                            settings.learning_rate, seed + index)
             model.generation_config = _generation_config(tokenizer)
-            model.save_pretrained(str(path))
-            tokenizer.save_pretrained(str(path))
+            save_model(model, tokenizer, path)
         scores = {skill: accuracy(model, tokenizer, probe[skill]) for skill in SKILLS}
         summary["models"][name] = {"path": str(path), "accuracy": scores}
         log(f"demo: {name:<9} " + "  ".join(f"{k} {v:6.1%}" for k, v in scores.items())
@@ -302,15 +318,27 @@ def build_demo_world(root: str | Path, profile: str | Profile = "full", seed: in
     started = time.monotonic()
     if not (reward_path / "model.safetensors").exists():
         torch.manual_seed(seed + 10)
-        reward = LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=1, **arch))
+        # The target's backbone already reads the formats; only the score head starts from scratch.
+        reward = LlamaForSequenceClassification.from_pretrained(str(root / "models" / "target"), num_labels=1)
         train_reward_model(reward, tokenizer, settings.reward_steps, settings.batch_size,
-                           settings.learning_rate, seed)
-        reward.save_pretrained(str(reward_path))
-        tokenizer.save_pretrained(str(reward_path))
+                           settings.learning_rate / 3, seed)
+        save_model(reward, tokenizer, reward_path)
     summary["models"]["reward"] = {"path": str(reward_path)}
     log(f"demo: reward model ready ({time.monotonic() - started:.0f}s)")
     atomic_write_json(root / "world.json", summary)
     return summary
+
+
+def save_model(model: Any, tokenizer: Any, path: Path) -> None:
+    """Save into a temp folder, then rename: a half-written model is never taken for a finished one."""
+    import shutil
+
+    staging = path.with_name(f".{path.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging))
+    tokenizer.save_pretrained(str(staging))
+    shutil.rmtree(path, ignore_errors=True)
+    staging.rename(path)
 
 
 def _generation_config(tokenizer: Any) -> Any:

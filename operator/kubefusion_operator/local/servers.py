@@ -73,8 +73,9 @@ def server_command(backend: Backend, model: str, port: int, host: str = "127.0.0
         if gpus > 1:
             command += ["--tensor-parallel-size", str(gpus)]
         return command + list(extra_args or [])
+    # Continuous batching: ~10x the throughput of one-request-at-a-time generation for many small requests.
     return [sys.executable, "-c", _TRANSFORMERS_CLI, "serve", model, "--host", host, "--port", str(port),
-            "--device", "cpu"]
+            "--device", "cpu", "--continuous-batching"]
 
 
 def wait_healthy(url: str, deadline_s: float, alive: Callable[[], bool] = lambda: True,

@@ -7,6 +7,7 @@ outputs and the single-machine runner all ask a RunLayout.
       prepared/<dataset>.jsonl              normalised prompts (prepare)
       prepared/<dataset>.report.json        rows dropped or unmappable, with indices
       samples/<phase>/<model>/<dataset>/    answer shards (sample); phase = sources | target
+        chunks/shard-I-of-N/chunk-*.jsonl   committed pieces of a shard still being sampled (shards.py)
       scores/<phase>/<model>/<dataset>/     scored shards (score)
       data/<kind>/<dataset>.jsonl           sft | dpo | wrpo training sets (build)
       data/<kind>/stats.json                rows, pairs and drops per dataset
@@ -58,6 +59,10 @@ class RunLayout:
 
     def sample_shard(self, phase: Phase, model: str, dataset: str, index: int, count: int) -> Path:
         return self.samples_dir(phase, model, dataset) / shard_name(index, count)
+
+    def sample_chunks_dir(self, phase: Phase, model: str, dataset: str, index: int, count: int) -> Path:
+        """Chunk files of a shard in progress; removed once the shard file is committed."""
+        return chunks_dir(self.samples_dir(phase, model, dataset), index, count)
 
     # score
     def scores_dir(self, phase: Phase, model: str, dataset: str) -> Path:
@@ -128,3 +133,8 @@ def shard_name(index: int, count: int) -> str:
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} is outside 0..{count - 1}")
     return f"shard-{index:05d}-of-{count:05d}.jsonl"
+
+
+def chunks_dir(shard_folder: Path, index: int, count: int) -> Path:
+    """Where the chunk files of shard index/count of a shard folder live."""
+    return shard_folder / "chunks" / shard_name(index, count).removesuffix(".jsonl")

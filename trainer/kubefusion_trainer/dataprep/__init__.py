@@ -1,0 +1,1 @@
+"""Dataset loading and prompt normalisation for the prepare stage."""

@@ -20,10 +20,12 @@ outputs and the single-machine runner all ask a RunLayout.
       logs/                                 stage and server logs (local runner)
       config/<label>.yaml                   run configs the local runner hands its stage processes
       state/<stage>.json                    a stage's completion record
+      tmp/<name>/                           a stage's scratch space (e.g. build's partitions), removed after
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -124,6 +126,10 @@ class RunLayout:
     def run_config_file(self, label: str) -> Path:
         return self.root / "config" / f"{label}.yaml"
 
+    # scratch space on the run's storage (large temporary files; the stage removes it)
+    def scratch_dir(self, name: str) -> Path:
+        return self.root / "tmp" / name
+
     # stage completion records
     def stage_record(self, stage: str) -> Path:
         return self.root / "state" / f"{stage}.json"
@@ -138,3 +144,12 @@ def shard_name(index: int, count: int) -> str:
 def chunks_dir(shard_folder: Path, index: int, count: int) -> Path:
     """Where the chunk files of shard index/count of a shard folder live."""
     return shard_folder / "chunks" / shard_name(index, count).removesuffix(".jsonl")
+
+def parse_shard_name(name: str) -> tuple[int, int]:
+    """(index, count) from a shard_name(); ValueError for any other name."""
+    match = re.fullmatch(r"shard-(\d+)-of-(\d+)\.jsonl", name)
+    if not match:
+        raise ValueError(f"{name!r} is not a shard file name (shard-IIIII-of-NNNNN.jsonl)")
+    index, count = int(match[1]), int(match[2])
+    shard_name(index, count)
+    return index, count

@@ -1,0 +1,100 @@
+"""Reward scoring with the tiny random reward model: padding, batching, truncation, ArmoRM outputs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kubefusion_trainer.config import RewardModelConfig
+from kubefusion_trainer.scoring.reward import RewardScorer, load_reward_model
+
+torch.set_num_threads(1)
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 12 + 34?"}, {"role": "assistant", "content": "46"}],
+    [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "The quick brown fox jumps over the lazy dog. " * 4},
+    ],
+    [{"role": "user", "content": "Reverse hello"}, {"role": "assistant", "content": "olleh"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "why"},
+        {"role": "assistant", "content": "because"},
+    ],
+    [
+        {"role": "user", "content": "sum"},
+        {"role": "assistant", "content": "first 1 then 2 so the total result is 3"},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_world):
+    return load_reward_model(RewardModelConfig(model=str(tiny_world["reward"])), "cpu")
+
+
+def test_batched_length_sorted_equals_one_at_a_time(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    batched = RewardScorer(model, tokenizer, batch_size=4, max_length=512).score(CONVERSATIONS)
+    single = RewardScorer(model, tokenizer, batch_size=1, max_length=512, sort_by_length=False).score(
+        CONVERSATIONS
+    )
+    assert [r.reward for r in batched] == pytest.approx([r.reward for r in single], abs=1e-4)
+    assert len({round(r.reward, 6) for r in batched}) == len(
+        CONVERSATIONS
+    )  # distinct conversations, distinct scores
+    assert not any(r.truncated for r in batched)
+
+
+def test_truncation_is_reported(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    results = RewardScorer(model, tokenizer, batch_size=8, max_length=16).score(CONVERSATIONS)
+    long_one = results[1]
+    assert long_one.truncated and long_one.tokens == 16
+    assert not results[2].truncated
+
+
+class ArmoLike(torch.nn.Module):
+    """Stands in for ArmoRM's remote code: `.score` per sequence, read at the last token before the pad."""
+
+    def __init__(self, pad_id: int) -> None:
+        super().__init__()
+        self.pad_id = pad_id
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, input_ids, attention_mask):
+        self.seen.append(input_ids.clone())
+        last = attention_mask.sum(dim=1) - 1
+        score = input_ids[torch.arange(len(input_ids)), last].float()
+        return SimpleNamespace(score=score, logits=torch.full((len(input_ids), 19), -1.0))
+
+
+def test_armo_style_score_and_right_padding(model_and_tokenizer) -> None:
+    _, tokenizer = model_and_tokenizer
+    armo = ArmoLike(tokenizer.pad_token_id)
+    scorer = RewardScorer(armo, tokenizer, batch_size=8, max_length=512)
+    results = scorer.score(CONVERSATIONS)
+    # Each conversation's score is its own last real token (the eos), not a pad or a logit.
+    assert all(r.reward == tokenizer.eos_token_id for r in results)
+    batch = armo.seen[0]
+    lengths = [r.tokens for r in sorted(results, key=lambda r: r.tokens)]
+    for row, length in zip(batch, lengths, strict=True):
+        assert (row[length:] == tokenizer.pad_token_id).all()  # pads only on the right
+        assert (row[:length] != tokenizer.pad_token_id).all()
+    assert [len(r) for r in batch] == [max(lengths)] * len(lengths)
+
+
+def test_from_config_uses_the_injected_loader(model_and_tokenizer) -> None:
+    calls = []
+
+    def loader(config, device):
+        calls.append((config.model, device))
+        return model_and_tokenizer
+
+    scorer = RewardScorer.from_config(
+        RewardModelConfig(model="org/armo", batchSize=3, maxLength=64), "cpu", loader
+    )
+    assert calls == [("org/armo", "cpu")] and scorer.batch_size == 3 and scorer.max_length == 64

@@ -1,0 +1,293 @@
+"""`kubefusion stage score`: reward, math and code scores for every sampled answer.
+
+For each sample shard (samples/<phase>/<model>/<dataset>/shard-*.jsonl) it writes the score shard of the
+same name (scores/<phase>/<model>/<dataset>/): every SampleRecord plus `reward`, `correct` (true/false,
+or null when not applicable) and `reason`. A score shard is written atomically and skipped when it
+already exists, so a rerun resumes. `--shard I/N` takes every N-th sample shard starting at I.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubefusion_trainer.atomic import atomic_open, atomic_write_json
+from kubefusion_trainer.config import DatasetConfig, FusionConfig, load_run_config
+from kubefusion_trainer.layout import TARGET_MODEL_NAME, Phase, RunLayout, parse_shard_name
+from kubefusion_trainer.records import SampleRecord, ScoredRecord
+from kubefusion_trainer.scoring.code_extract import TestFormatError, extract_code, plan_tests, static_check
+from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, SandboxLimits
+from kubefusion_trainer.scoring.math_check import MathChecker
+from kubefusion_trainer.scoring.reward import Loader, RewardScorer, load_reward_model
+
+
+class InputError(ValueError):
+    """Bad input, named by file and line."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    model: str
+    dataset: DatasetConfig
+    sample_shard: Path
+    score_shard: Path
+
+
+@dataclass
+class Scorers:
+    """Everything scoring needs, built lazily (the reward model loads only if a shard needs scoring)."""
+
+    spec: FusionConfig
+    device: str = "cpu"
+    concurrency: int = 2
+    loader: Loader = load_reward_model
+    _reward: RewardScorer | None = None
+    _math: MathChecker | None = None
+    _sandbox: CodeSandbox | None = None
+    counts: Counter = field(default_factory=Counter)
+
+    @property
+    def reward(self) -> RewardScorer:
+        if self._reward is None:
+            self._reward = RewardScorer.from_config(self.spec.scoring.reward_model, self.device, self.loader)
+        return self._reward
+
+    @property
+    def math(self) -> MathChecker:
+        if self._math is None:
+            self._math = MathChecker(workers=self.concurrency)
+        return self._math
+
+    @property
+    def sandbox(self) -> CodeSandbox:
+        if self._sandbox is None:
+            limits = self.spec.scoring.code_execution
+            self._sandbox = CodeSandbox(
+                SandboxLimits(timeout_seconds=limits.timeout_seconds, memory_mb=limits.memory_mb),
+                concurrency=self.concurrency,
+            )
+            print(f"code sandbox: {self._sandbox.isolation}", file=sys.stderr)
+        return self._sandbox
+
+    def close(self) -> None:
+        if self._math is not None:
+            self._math.close()
+
+
+def plan_units(spec: FusionConfig, layout: RunLayout, phase: Phase) -> list[Unit]:
+    """Every (model, dataset, sample shard) of a phase, in a stable order."""
+    units = []
+    for dataset in spec.datasets:
+        if phase == "target":
+            if dataset.sft_only:
+                continue
+            models = [TARGET_MODEL_NAME]
+        else:
+            models = [s.name for s in spec.dataset_sources(dataset)] + [
+                e.source for e in dataset.existing_answers
+            ]
+        for model in models:
+            for shard in sample_shards(layout, phase, model, dataset.name):
+                index, count = parse_shard_name(shard.name)
+                units.append(
+                    Unit(model, dataset, shard, layout.score_shard(phase, model, dataset.name, index, count))
+                )
+    return units
+
+
+def sample_shards(layout: RunLayout, phase: Phase, model: str, dataset: str) -> list[Path]:
+    """The finished sample shards of one model and dataset (the one place that knows how they are stored)."""
+    folder = layout.samples_dir(phase, model, dataset)
+    return sorted(folder.glob("shard-*.jsonl")) if folder.is_dir() else []
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise InputError(f"{path}:{number}: expected a JSON object")
+            yield number, record
+
+
+def read_sample_shard(path: Path) -> list[SampleRecord]:
+    records = []
+    for number, record in read_jsonl(path):
+        for key, kind in (("prompt_id", str), ("answer", str), ("messages", list), ("source", str)):
+            if not isinstance(record.get(key), kind):
+                raise InputError(f"{path}:{number}: field {key!r} must be a {kind.__name__}")
+        records.append(record)
+    return records  # type: ignore[return-value]
+
+
+def load_labels(layout: RunLayout, dataset: DatasetConfig) -> dict[str, tuple[Any, Any]]:
+    """prompt_id -> (gold_answer, tests), only for datasets that check correctness."""
+    if dataset.domain not in ("math", "code"):
+        return {}
+    path = layout.prompts_file(dataset.name)
+    if not path.exists():
+        raise InputError(f"{path}: prepared prompts are missing (run `kubefusion stage prepare` first)")
+    return {r["prompt_id"]: (r.get("gold_answer"), r.get("tests")) for _, r in read_jsonl(path)}
+
+
+def score_records(
+    records: list[SampleRecord], domain: str, labels: dict[str, tuple[Any, Any]], scorers: Scorers
+) -> list[ScoredRecord]:
+    rewards = scorers.reward.score(
+        [[*r["messages"], {"role": "assistant", "content": r["answer"]}] for r in records]
+    )
+    verdicts: list[tuple[bool | None, str]] = [(None, f"{domain}: correctness not checked")] * len(records)
+    if domain == "math":
+        verdicts = _math_verdicts(records, labels, scorers)
+    elif domain == "code":
+        verdicts = _code_verdicts(records, labels, scorers)
+    scored = []
+    for record, result, (correct, why) in zip(records, rewards, verdicts, strict=True):
+        note = f"reward on {result.tokens} tokens" + (
+            f" (TRUNCATED to maxLength {scorers.reward.max_length})" if result.truncated else ""
+        )
+        scorers.counts["truncated"] += result.truncated
+        scorers.counts[{True: "correct", False: "incorrect", None: "not_checked"}[correct]] += 1
+        scored.append({**record, "reward": result.reward, "correct": correct, "reason": f"{why}; {note}"})
+    return scored  # type: ignore[return-value]
+
+
+def _math_verdicts(
+    records: list[SampleRecord], labels: dict, scorers: Scorers
+) -> list[tuple[bool | None, str]]:
+    out: list[tuple[bool | None, str]] = [(None, "math: no gold answer")] * len(records)
+    todo = [
+        (i, labels[r["prompt_id"]][0])
+        for i, r in enumerate(records)
+        if labels.get(r["prompt_id"], (None,))[0]
+    ]
+    checked = scorers.math.check_many([(str(gold), records[i]["answer"]) for i, gold in todo])
+    for (i, _), (correct, why) in zip(todo, checked, strict=True):
+        out[i] = (correct, f"math: {why}")
+    return out
+
+
+def _code_verdicts(
+    records: list[SampleRecord], labels: dict, scorers: Scorers
+) -> list[tuple[bool | None, str]]:
+    def verdict(record: SampleRecord) -> tuple[bool | None, str]:
+        tests = labels.get(record["prompt_id"], (None, None))[1]
+        if not tests:
+            return None, "code: no tests"
+        try:
+            plan = plan_tests(tests)
+        except TestFormatError as exc:
+            return None, f"code: unusable tests for prompt {record['prompt_id']}: {exc}"
+        code = extract_code(record["answer"])
+        if code is None:
+            return False, "code: no code block in the answer"
+        problem = static_check(code)
+        if problem:
+            return False, f"code: {problem}"
+        result = scorers.sandbox.run(code, plan)
+        return result.passed, f"code: {result.reason}"
+
+    with ThreadPoolExecutor(scorers.concurrency) as pool:
+        return list(pool.map(verdict, records))
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard must look like I/N, not {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"--shard {text}: I must be in 0..N-1")
+    return index, count
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubefusion stage score", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="Run config file (YAML or JSON).")
+    parser.add_argument("--phase", choices=("sources", "target"), default="sources", help="Default sources.")
+    parser.add_argument(
+        "--shard", type=parse_shard, default=(0, 1), help="I/N: score every N-th sample shard from I."
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Reward model device.")
+    parser.add_argument("--concurrency", type=int, default=2, help="Parallel code runs and math workers.")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
+    )
+    return parser
+
+
+def run(args: argparse.Namespace, loader: Loader = load_reward_model) -> dict[str, Any]:
+    from kubefusion_trainer.progress import ProgressReporter
+
+    config = load_run_config(args.config)
+    layout = RunLayout(config.storage_root)
+    index, count = args.shard
+    units = plan_units(config.spec, layout, args.phase)[index::count]
+    scorers = Scorers(config.spec, args.device, max(1, args.concurrency), loader)
+    progress = ProgressReporter("score", unit="shards", metrics_port=args.metrics_port)
+    progress.set_total(len(units))
+    started = time.monotonic()
+    labels_cache: dict[str, dict] = {}
+    try:
+        for unit in units:
+            if unit.score_shard.exists():
+                scorers.counts["shards_skipped"] += 1
+            else:
+                if unit.dataset.name not in labels_cache:
+                    labels_cache[unit.dataset.name] = load_labels(layout, unit.dataset)
+                records = read_sample_shard(unit.sample_shard)
+                scored = score_records(records, unit.dataset.domain, labels_cache[unit.dataset.name], scorers)
+                with atomic_open(unit.score_shard) as handle:
+                    for record in scored:
+                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                scorers.counts["shards_scored"] += 1
+                scorers.counts["answers"] += len(scored)
+            progress.advance()
+    finally:
+        scorers.close()
+        progress.close()
+    summary = {
+        "phase": args.phase,
+        "shard": f"{index}/{count}",
+        "shards": len(units),
+        "seconds": round(time.monotonic() - started, 3),
+        **{k: int(v) for k, v in scorers.counts.items()},
+    }
+    if scorers._sandbox is not None:
+        summary["sandbox_isolation"] = scorers._sandbox.isolation
+    name = f"score-{args.phase}" + (f"-shard-{index}-of-{count}" if count > 1 else "")
+    atomic_write_json(layout.stage_record(name), summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        summary = run(args)
+    except (InputError, OSError, ValueError) as exc:
+        print(f"score: error: {exc}", file=sys.stderr)
+        return 1
+    if summary.get("truncated"):
+        print(
+            f"score: {summary['truncated']} answers were truncated to maxLength for the reward model",
+            file=sys.stderr,
+        )
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -253,12 +253,17 @@ class TrainingHyperparameters(CamelModel):
     seed: int = Field(42, ge=0, description="Seed for data order and initialisation.")
     resources: StageResources = Field(default_factory=StageResources, description="Nodes, GPUs, image, ZeRO.")
 
-    def gradient_accumulation_steps(self) -> int:
-        """global = world size x micro batch x accumulation; it must divide."""
-        per_step = self.resources.world_size * self.micro_batch_size
+    def gradient_accumulation_steps(self, world_size: int | None = None) -> int:
+        """global = world size x micro batch x accumulation; it must divide.
+
+        world_size: processes actually launched (WORLD_SIZE); default nodes x gpusPerNode from the spec.
+        """
+        processes = self.resources.world_size if world_size is None else world_size
+        per_step = processes * self.micro_batch_size
         if self.global_batch_size % per_step:
+            what = "nodes x gpusPerNode" if world_size is None else f"world size {world_size}"
             raise ValueError(
-                f"globalBatchSize {self.global_batch_size} is not divisible by nodes x gpusPerNode x "
+                f"globalBatchSize {self.global_batch_size} is not divisible by {what} x "
                 f"microBatchSize = {per_step}"
             )
         return self.global_batch_size // per_step

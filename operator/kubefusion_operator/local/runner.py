@@ -89,17 +89,28 @@ def child_env() -> dict[str, str]:
     return env
 
 
+# Settings and bookkeeping in completion records, not results (the runner prints the time itself).
+_UNSUMMARIZED = {"stage", "name", "seed", "seconds", "world_size", "deepspeed_zero_stage", "shard", "shards",
+                 "gradient_accumulation_steps", "global_batch_size", "max_steps", "shards_scored"}
+
+
 def summarize_record(record: dict[str, Any]) -> str:
-    """A short `key=value` summary of a completion record's counts."""
-    parts = []
-    for key, value in record.items():
-        if isinstance(value, bool) or key in ("stage", "name"):
-            continue
+    """A short `key=value` summary of a completion record's counts: numbers, summed by key over nested
+    per-dataset / per-source dicts (paths, names and flags left out)."""
+    totals: dict[str, float] = {}
+
+    def walk(value: Any, key: str, depth: int) -> None:
+        if isinstance(value, bool) or key in _UNSUMMARIZED:
+            return
         if isinstance(value, int | float):
-            parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
-        elif isinstance(value, dict) and all(isinstance(v, int | float) for v in value.values()) and value:
-            parts.append(f"{key}={sum(value.values()):g}")
-    return " ".join(parts[:8])
+            totals[key] = totals.get(key, 0) + value
+        elif isinstance(value, dict) and depth < 3:
+            for inner_key, inner in value.items():
+                walk(inner, inner_key if isinstance(inner, int | float) else key, depth + 1)
+
+    for key, value in record.items():
+        walk(value, key, 0)
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(totals.items())[:8])
 
 
 @dataclass

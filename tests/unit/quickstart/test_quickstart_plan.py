@@ -85,7 +85,10 @@ def test_storage_root_is_the_local_uri_or_runs_name(quickstart: FusionRun, tmp_p
 def test_record_summary_shows_counts_not_paths() -> None:
     record = {"stage": "train-sft", "global_step": 12, "train_loss": 0.25, "final_model": "/x",
               "skipped": False, "per_dataset": {"a": 3, "b": 4}}
-    assert summarize_record(record) == "global_step=12 train_loss=0.25 per_dataset=7"
+    assert summarize_record(record) == "global_step=12 train_loss=0.25 a=3 b=4"
+    sampled = {"datasets": {"add": {"prompts": 3, "skipped": 1}, "rev": {"prompts": 4, "skipped": 0}},
+               "shard": [0, 1], "source": "adder"}
+    assert summarize_record(sampled) == "prompts=7 skipped=1"
 
 
 def test_quickstart_example_is_a_valid_fusionrun(repo_root: Path) -> None:

@@ -3,7 +3,8 @@
 Every step is `python -m kubefusion_operator stage ...` with the run config written to a file, as in the
 operator's pods. A step whose completion record exists is skipped, so running the same command again
 after Ctrl-C or a kill resumes where it stopped; the stages resume their own partial work.
-Children die with the runner (PR_SET_PDEATHSIG), and a lock keeps two runners off one run folder.
+Children die with the runner (PR_SET_PDEATHSIG), and a lock they inherit keeps a second runner off the
+run folder until every process of the first is gone.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def summarize_record(record: dict[str, Any]) -> str:
 
     for key, value in record.items():
         walk(value, key, 0)
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(totals.items())[:8])
+    shown = [(k, v) for k, v in totals.items() if v][:8]  # zero counts say nothing
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown)
 
 
 @dataclass
@@ -138,6 +140,7 @@ class LocalRunner:
         self.env = child_env()
         self._child: subprocess.Popen[bytes] | None = None
         self._server: ModelServer | None = None
+        self._lock_fd: int | None = None
 
     # --- files ---
 
@@ -157,15 +160,29 @@ class LocalRunner:
         return path
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, wait_s: float = 60.0) -> Iterator[None]:
+        """Hold state/.runner.lock for the run. Children inherit it, so after a kill the lock is free only
+        once the old stage and server processes are gone too; a new runner waits up to `wait_s` for that."""
         path = self.layout.root / "state" / ".runner.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w") as handle:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RunLocked(
+                            f"{self.layout.root}: another `kubefusion run` (or its stage processes) is working "
+                            "on this run"
+                        ) from None
+                    time.sleep(0.5)
+            self._lock_fd = handle.fileno()
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise RunLocked(f"{self.layout.root}: another `kubefusion run` is working on this run") from None
-            yield
+                yield
+            finally:
+                self._lock_fd = None
 
     # --- execution ---
 
@@ -214,7 +231,10 @@ class LocalRunner:
             model, gpus = source.model, source.serving.gpus
         self.out(f"  serving {name} ({model})")
         return start_server(name, model, self.layout.logs_dir, gpus=gpus, deadline_s=self.server_deadline_s,
-                            env=self.env)
+                            env=self.env, pass_fds=self._inherited_fds())
+
+    def _inherited_fds(self) -> tuple[int, ...]:
+        return () if self._lock_fd is None else (self._lock_fd,)
 
     def _run_child(self, step: Step, config: Path) -> None:
         log_path = self.layout.logs_dir / f"{step.name.replace(' ', '-')}.log"
@@ -226,7 +246,8 @@ class LocalRunner:
             log.write(f"$ {' '.join(command)}\n".encode())
             log.flush()
             self._child = subprocess.Popen(command, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL,
-                                           env=self.env, cwd=self.workdir, preexec_fn=die_with_parent)
+                                           env=self.env, cwd=self.workdir, preexec_fn=die_with_parent,
+                                           pass_fds=self._inherited_fds())
             try:
                 code = self._child.wait()
             finally:

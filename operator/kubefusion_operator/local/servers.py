@@ -141,7 +141,7 @@ def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:
 
 def start_server(name: str, model: str, log_dir: Path, gpus: int = 0, extra_args: list[str] | None = None,
                  deadline_s: float = 300.0, env: dict[str, str] | None = None,
-                 backend: Backend | None = None) -> ModelServer:
+                 backend: Backend | None = None, pass_fds: tuple[int, ...] = ()) -> ModelServer:
     """Start a server for `model` and return once /health answers; the log goes to log_dir/<name>.log."""
     backend = backend or choose_backend(gpus)
     port = free_port()
@@ -152,7 +152,7 @@ def start_server(name: str, model: str, log_dir: Path, gpus: int = 0, extra_args
         server_command(backend, model, port, gpus=gpus, extra_args=extra_args),
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         env=env, start_new_session=True,  # its own group: stop() reaches its children too
-        preexec_fn=die_with_parent,
+        preexec_fn=die_with_parent, pass_fds=pass_fds,
     )
     server = ModelServer(name, model, port, backend, process, log_path, log)
     try:

@@ -3,8 +3,8 @@
 Reads only the run config and the run's storage: the held-out prompts (prepared/<dataset>.jsonl, split
 "eval", at most spec.evaluation.maxPrompts per dataset), the original target (spec.target.model), every
 trained stage's final model (train/<stage>/final) and, with --include-sources, the sources' models.
-Each model answers greedily with transformers generate; answers are checked against the gold answer
-(exact digits / math-verify) and scored by the reward model. Outputs:
+Each model answers greedily with transformers generate; the answers are scored exactly as the score stage
+scores samples (reward model; math-verify against the gold answer; code against its tests). Outputs:
 
   eval/answers/<model>.jsonl   one row per prompt: answer, correct, reward (written once per model)
   eval/scorecard.json          per dataset: accuracy and mean reward per model, win rate vs original
@@ -75,24 +75,6 @@ def models_to_evaluate(layout: RunLayout, config: RunConfig, include_sources: bo
         if final.exists():
             models[stage] = str(final)
     return models
-
-
-def normalise_answer(text: str) -> str:
-    return text.strip().strip("$").rstrip(".").strip()
-
-
-def check_answer(answer: str, gold: str | None) -> bool | None:
-    """Exact match after trimming, then math-verify; None when there is no gold answer."""
-    if gold is None or gold == "":
-        return None
-    if normalise_answer(answer) == normalise_answer(gold):
-        return True
-    try:
-        from math_verify import parse, verify
-
-        return bool(verify(parse(gold), parse(answer)))
-    except Exception:  # math-verify gives up on odd input: count it as wrong, never crash the scorecard
-        return False
 
 
 def scorecard(answers: dict[str, list[dict[str, Any]]], datasets: dict[str, str]) -> dict[str, Any]:
@@ -182,62 +164,35 @@ def generate_answers(model: Any, tokenizer: Any, conversations: Sequence[list[di
     return answers
 
 
-class RewardScorer:
-    """The run's reward model as a callable: conversations -> rewards (first logit)."""
+def score_answers(config: RunConfig, layout: RunLayout, prompts: dict[str, list[dict[str, Any]]],
+                  answers: list[str], model: str, scorers: Any) -> list[dict[str, Any]]:
+    """Rows with reward and correctness, judged exactly as the score stage judges sampled answers."""
+    from kubefusion_trainer.stages.score import load_labels, score_records
 
-    def __init__(self, path: str, device: str, batch_size: int, max_length: int, trust_remote_code: bool) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, trust_remote_code=trust_remote_code
-        ).to(device)
-        self.model.eval()
-        self.batch_size = batch_size
-        self.max_length = max_length
-
-    def __call__(self, conversations: Sequence[list[dict[str, str]]]) -> list[float]:
-        import torch
-
-        rewards: list[float] = []
-        tokenizer = self.tokenizer
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        for start in range(0, len(conversations), self.batch_size):
-            chunk = [
-                tokenizer.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"][: self.max_length]
-                for c in conversations[start : start + self.batch_size]
-            ]
-            width = max(len(ids) for ids in chunk)
-            input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, ids in enumerate(chunk):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-            with torch.no_grad():
-                logits = self.model(input_ids=input_ids.to(self.model.device),
-                                    attention_mask=attention.to(self.model.device)).logits
-            rewards += [float(v) for v in logits[:, 0].float().cpu()]
-        return rewards
-
-
-def answer_rows(prompts: dict[str, list[dict[str, Any]]], answers: list[str], rewards: list[float],
-                model: str) -> list[dict[str, Any]]:
-    rows = []
-    flat = [record for records in prompts.values() for record in records]
-    for record, answer, reward in zip(flat, answers, rewards, strict=True):
-        rows.append({
-            "model": model, "prompt_id": record["prompt_id"], "dataset": record["dataset"],
-            "answer": answer, "gold_answer": record.get("gold_answer"),
-            "correct": check_answer(answer, record.get("gold_answer")), "reward": reward,
-        })
+    rows: list[dict[str, Any]] = []
+    remaining = iter(answers)
+    for dataset in config.spec.datasets:
+        records = [{"prompt_id": r["prompt_id"], "dataset": dataset.name, "messages": r["messages"],
+                    "answer": next(remaining), "source": model} for r in prompts[dataset.name]]
+        if not records:
+            continue
+        scored = score_records(records, dataset.domain, load_labels(layout, dataset), scorers)  # type: ignore[arg-type]
+        rows += [{"model": model, "prompt_id": r["prompt_id"], "dataset": dataset.name, "answer": r["answer"],
+                  "correct": r["correct"], "reward": r["reward"], "reason": r["reason"]} for r in scored]
     return rows
 
 
 def evaluate(config: RunConfig, include_sources: bool = False, device: str = "cpu",
              max_new_tokens: int | None = None, batch_size: int = 32,
              load_model: Callable[[str], tuple[Any, Any]] | None = None,
-             reward: Callable[[Sequence[list[dict[str, str]]]], list[float]] | None = None,
+             reward_loader: Any = None,
              on_model: Callable[[str, int], None] = lambda name, n: None) -> dict[str, Any]:
+    """Answer, score and compare; returns the scorecard (also written to eval/scorecard.json).
+
+    load_model(path) -> (model, tokenizer) and reward_loader (the score stage's Loader) are injectable.
+    """
+    from kubefusion_trainer.stages.score import Scorers
+
     layout = RunLayout(config.storage_root)
     spec = config.spec
     prompts = held_out_prompts(layout, config)
@@ -247,25 +202,24 @@ def evaluate(config: RunConfig, include_sources: bool = False, device: str = "cp
                          "(is spec.evaluation set, and prepare run with it?)")
     tokens = max_new_tokens or spec.target.sampling.max_tokens
     load_model = load_model or (lambda path: load_generator(path, device, spec.target.chat_template))
+    scorers = Scorers(spec, device, **({"loader": reward_loader} if reward_loader else {}))
     results: dict[str, list[dict[str, Any]]] = {}
-    for name, path in models_to_evaluate(layout, config, include_sources).items():
-        out = layout.eval_answers(name)
-        if out.exists():  # finished by an earlier run
-            results[name] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line]
-            on_model(name, len(results[name]))
-            continue
-        model, tokenizer = load_model(path)
-        answers = generate_answers(model, tokenizer, conversations, tokens, batch_size)
-        del model
-        if reward is None:
-            rm = spec.scoring.reward_model
-            reward = RewardScorer(rm.model, device, rm.batch_size, rm.max_length, rm.trust_remote_code)
-        scored = [[*messages, {"role": "assistant", "content": a}] for messages, a in zip(conversations, answers,
-                                                                                          strict=True)]
-        rows = answer_rows(prompts, answers, reward(scored), name)
-        atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
-        results[name] = rows
-        on_model(name, len(rows))
+    try:
+        for name, path in models_to_evaluate(layout, config, include_sources).items():
+            out = layout.eval_answers(name)
+            if out.exists():  # finished by an earlier run
+                results[name] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line]
+                on_model(name, len(results[name]))
+                continue
+            model, tokenizer = load_model(path)
+            answers = generate_answers(model, tokenizer, conversations, tokens, batch_size)
+            del model
+            rows = score_answers(config, layout, prompts, answers, name, scorers)
+            atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
+            results[name] = rows
+            on_model(name, len(rows))
+    finally:
+        scorers.close()
     card = scorecard(results, {d.name: d.domain for d in spec.datasets})
     atomic_write_json(layout.scorecard, card)
     return card

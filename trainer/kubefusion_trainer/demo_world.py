@@ -83,7 +83,7 @@ DEFAULT_STEPS = {"target": 2000, "adder": 400, "reverser": 300}
 class Profile:
     """How big the world is. `full` is the quickstart, `small` the CI test (fewer prompts, same models)."""
 
-    prompts_per_dataset: int = 300
+    prompts_per_dataset: int = 400
     hidden_size: int = 64
     steps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_STEPS))  # optimizer steps per model
     batch_size: int = 64
@@ -92,8 +92,8 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "full": Profile(prompts_per_dataset=300),
-    "small": Profile(prompts_per_dataset=120),
+    "full": Profile(prompts_per_dataset=400),
+    "small": Profile(prompts_per_dataset=160),
 }
 
 

@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     init.add_argument("--profile", default="full", choices=["full", "small"],
                       help="full: the quickstart; small: fewer prompts (the CI test). Default full.")
     init.add_argument("--seed", type=int, default=0, help="seed for data and weights. Default 0.")
-    init.add_argument("--threads", type=int, default=2, help="torch CPU threads. Default 2.")
+    init.add_argument("--threads", type=int, default=1,
+                      help="torch CPU threads. Default 1 (tiny matrices: more threads mostly add overhead).")
     args = parser.parse_args(argv)
 
     from kubefusion_trainer.demo_world import build_demo_world

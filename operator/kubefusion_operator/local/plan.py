@@ -1,8 +1,9 @@
-"""The local plan: a FusionRun's recipe stages expanded into the stage commands this machine runs, in order.
+"""The local plan: the operator's planner tasks (planner.plan_tasks), as the commands this machine runs in order.
 
 Pure (no processes, no files): the runner executes it, `kubefusion status` reads it, tests check it.
-Each step runs `python -m kubefusion_operator stage ...` exactly as the operator's pods do and is done
-when its completion record (RunLayout.stage_record) exists.
+Each job or training task becomes one step that runs `python -m kubefusion_operator stage ...` exactly as
+the operator's pods do, and is done when its completion record (RunLayout.stage_record) exists. Server
+tasks become the server a sampling step holds open while it runs (one at a time on one machine).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kubefusion_operator.api import FusionRunSpec
-from kubefusion_operator.stages import recipe_stages
-from kubefusion_trainer.layout import TARGET_MODEL_NAME, RunLayout
+from kubefusion_operator.planner import TaskKind, plan_tasks
+from kubefusion_trainer.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -31,42 +32,34 @@ class Step:
         return any(layout.stage_record(r).exists() for r in self.records)
 
 
+# Options the local runner adds to a task's command (a cluster sets them in its pod templates).
+_LOCAL_OPTIONS = {"sample": ("--concurrency", "{concurrency}"), "score": ("--device", "{device}"),
+                  "evaluate": ("--include-sources", "--device", "{device}")}
+# What the user sees for a task (sample/<source> becomes "sample <source>").
+_TITLES = {"sft": "train sft", "dpo": "train dpo", "wrpo": "train wrpo", "sample-target": "sample target",
+           "score-target": "score target", "build-wrpo": "build wrpo"}
+
+
+def _title(task_name: str) -> str:
+    if task_name.startswith("sample/"):
+        return "sample " + task_name.removeprefix("sample/")
+    return _TITLES.get(task_name, task_name)
+
+
 def local_steps(spec: FusionRunSpec, concurrency: int = 4, device: str = "cpu") -> list[Step]:
-    """The run's steps, in the order of the operator's recipe stages."""
-    steps: list[Step] = []
-    for stage in recipe_stages(spec):
-        name = stage.name
-        if name == "prepare":
-            steps.append(Step("prepare", name, ("prepare",), ("prepare",)))
-        elif name == "sample":
-            # One source at a time, each served only while it is sampled (the operator's maxConcurrentSources=1).
-            for source in spec.sources:
-                steps.append(Step(
-                    f"sample {source.name}", name,
-                    ("sample", "--phase", "sources", "--source", source.name, "--concurrency", str(concurrency)),
-                    (f"sample-sources-{source.name}",), serve=source.name,
-                ))
-        elif name == "score":
-            steps.append(Step("score", name, ("score", "--phase", "sources", "--device", device),
-                              ("score-sources",)))
-        elif name == "build":
-            steps.append(Step("build", name, ("build", "--phase", "sources"), ("build-sources",)))
-        elif name in ("sft", "dpo", "wrpo"):
-            steps.append(Step(f"train {name}", name, ("train", "--stage", name), (f"train-{name}",)))
-        elif name == "sample-target":
-            steps.append(Step(
-                "sample target", name,
-                ("sample", "--phase", "target", "--concurrency", str(concurrency)),
-                ("sample-target",), serve=TARGET_MODEL_NAME,
-            ))
-        elif name == "score-target":
-            steps.append(Step("score target", name, ("score", "--phase", "target", "--device", device),
-                              ("score-target",)))
-        elif name == "build-wrpo":
-            steps.append(Step("build wrpo", name, ("build", "--phase", "target"), ("build-target",)))
-        elif name == "evaluate":
-            # Locally the sources fit too: the scorecard shows what each source knows.
-            steps.append(Step("evaluate", name, ("evaluate", "--include-sources", "--device", device),
-                              ("evaluate",)))
-        # serve-sources / serve-target are the servers the sample steps hold open.
+    """The run's steps, in the planner's order. The evaluate step also scores the sources (they fit here)."""
+    tasks = plan_tasks(spec)
+    servers = {t.name: t for t in tasks if t.kind is TaskKind.SERVER}
+    steps = []
+    for task in tasks:
+        if task.kind is TaskKind.SERVER:
+            continue
+        if task.record is None:
+            raise ValueError(f"planner task {task.name!r} names no completion record")
+        stage_command = task.command[1] if task.command[:1] == ("stage",) else task.command[0]
+        extra = tuple(part.format(concurrency=concurrency, device=device)
+                      for part in _LOCAL_OPTIONS.get(stage_command, ()))
+        server = servers[task.server].endpoint if task.server else None
+        steps.append(Step(_title(task.name), task.stage, tuple(task.command[1:]) + extra, (task.record,),
+                          serve=server))
     return steps

@@ -26,7 +26,7 @@ import yaml
 
 from kubefusion_operator.api import FusionRun, FusionRunSpec
 from kubefusion_operator.local.plan import Step, local_steps
-from kubefusion_operator.local.servers import ModelServer, die_with_parent, start_server
+from kubefusion_operator.local.servers import ModelServer, ServerError, die_with_parent, start_server
 from kubefusion_trainer.atomic import atomic_write_text
 from kubefusion_trainer.layout import TARGET_MODEL_NAME, RunLayout
 
@@ -207,7 +207,10 @@ class LocalRunner:
         endpoints: dict[str, str] = {}
         try:
             if step.serve is not None:
-                self._server = self._start_server(step.serve)
+                try:
+                    self._server = self._start_server(step.serve)
+                except ServerError as exc:
+                    raise RunFailed(f"{step.name}: {exc}") from None
                 endpoints[step.serve] = self._server.base_url
             config = self.write_config(step.args[0] if not endpoints else f"{step.args[0]}-{step.serve}",
                                        endpoints)

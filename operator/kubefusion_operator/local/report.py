@@ -225,7 +225,14 @@ def plot_scorecard(card: dict[str, Any], path: Path) -> None:
 
 
 def write_report(layout: RunLayout, spec: FusionConfig, name: str) -> Path:
-    """Collect, plot and write report.md; returns its path."""
+    """Collect, plot and write report.md; returns its path. Without matplotlib: tables only."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        text = render_markdown(name, spec, dataset_table(layout, spec), source_accuracy(layout, spec),
+                               _load_scorecard(layout), {})
+        atomic_write_text(layout.report, text + "\n\n(No plots: install matplotlib, the `local` extra.)\n")
+        return layout.report
     plots: dict[str, str] = {}
     rewards = source_rewards(layout, spec)
     if rewards:
@@ -234,10 +241,14 @@ def write_report(layout: RunLayout, spec: FusionConfig, name: str) -> Path:
     stages = ["sft", "wrpo" if spec.recipe == "wrpo" else "dpo"]
     if plot_training(training_logs(layout, stages), layout.plot("training")):
         plots["training"] = layout.plot("training").name
-    card = json.loads(layout.scorecard.read_text(encoding="utf-8")) if layout.scorecard.exists() else None
+    card = _load_scorecard(layout)
     if card:
         plot_scorecard(card, layout.plot("scorecard"))
         plots["scorecard"] = layout.plot("scorecard").name
     text = render_markdown(name, spec, dataset_table(layout, spec), source_accuracy(layout, spec), card, plots)
     atomic_write_text(layout.report, text + "\n")
     return layout.report
+
+
+def _load_scorecard(layout: RunLayout) -> dict[str, Any] | None:
+    return json.loads(layout.scorecard.read_text(encoding="utf-8")) if layout.scorecard.exists() else None

@@ -22,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workdir", default=".",
                         help="folder that relative model, dataset and storage paths are resolved against. "
                              "Default: the current folder.")
-    parser.add_argument("--concurrency", type=int, default=4, help="parallel requests per server. Default 4.")
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="requests in flight per server (servers batch them). Default 64.")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="device for scoring and evaluation. Default cpu.")
     parser.add_argument("--server-deadline", type=float, default=300.0,

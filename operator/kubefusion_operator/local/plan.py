@@ -46,7 +46,7 @@ def _title(task_name: str) -> str:
     return _TITLES.get(task_name, task_name)
 
 
-def local_steps(spec: FusionRunSpec, concurrency: int = 4, device: str = "cpu") -> list[Step]:
+def local_steps(spec: FusionRunSpec, concurrency: int = 64, device: str = "cpu") -> list[Step]:
     """The run's steps, in the planner's order. The evaluate step also scores the sources (they fit here)."""
     tasks = plan_tasks(spec)
     servers = {t.name: t for t in tasks if t.kind is TaskKind.SERVER}

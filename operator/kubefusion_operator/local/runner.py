@@ -126,7 +126,7 @@ class StepOutcome:
 class LocalRunner:
     """Runs the plan. `out` receives the human-readable lines (stdout by default)."""
 
-    def __init__(self, run: FusionRun, workdir: Path, concurrency: int = 4, device: str = "cpu",
+    def __init__(self, run: FusionRun, workdir: Path, concurrency: int = 64, device: str = "cpu",
                  out: Callable[[str], None] = print, server_deadline_s: float = 300.0,
                  show_progress: bool | None = None) -> None:
         self.run = run
@@ -271,19 +271,27 @@ class LocalRunner:
 
     @contextlib.contextmanager
     def _signals(self) -> Iterator[None]:
-        """On SIGTERM/SIGINT: stop the child and the server, then leave with KeyboardInterrupt."""
+        """SIGTERM/SIGINT leave with KeyboardInterrupt; the child and the server are stopped on the way out.
+
+        The handler only raises: it may interrupt Popen.wait, which holds a lock that waiting again
+        from inside the handler would deadlock on.
+        """
 
         def handle(signum: int, frame: Any) -> None:
-            self.stop_children()
             raise KeyboardInterrupt
 
         previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             yield
         finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-            self.stop_children()
+            # A second signal during clean-up must not cut it short.
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
+            try:
+                self.stop_children()
+            finally:
+                for sig, old in previous.items():
+                    signal.signal(sig, old)
 
     def stop_children(self) -> None:
         child = self._child

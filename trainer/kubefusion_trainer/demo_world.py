@@ -151,8 +151,15 @@ def training_example(skill: str, correct_share: float, rng: random.Random) -> Pr
     return (prompt, gold) if rng.random() < correct_share else (prompt, habit_answer(skill, prompt))
 
 
-def train_causal_lm(model: Any, tokenizer: Any, skills: dict[str, float], steps: int, batch_size: int,
-                    learning_rate: float, seed: int) -> float:
+def train_causal_lm(
+    model: Any,
+    tokenizer: Any,
+    skills: dict[str, float],
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+) -> float:
     """Train on freshly generated problems of `skills` (round robin), each answered correctly with its
     share and with the habit answer otherwise; returns the last loss."""
     import torch
@@ -168,7 +175,9 @@ def train_causal_lm(model: Any, tokenizer: Any, skills: dict[str, float], steps:
     loss_value = float("nan")
     for _ in range(steps):
         batch = [
-            encode_example(tokenizer, *training_example(names[i % len(names)], skills[names[i % len(names)]], rng))
+            encode_example(
+                tokenizer, *training_example(names[i % len(names)], skills[names[i % len(names)]], rng)
+            )
             for i in range(batch_size)
         ]
         loss = model(**collate(batch, tokenizer.pad_token_id)).loss
@@ -181,8 +190,9 @@ def train_causal_lm(model: Any, tokenizer: Any, skills: dict[str, float], steps:
     return loss_value
 
 
-def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 8,
-                   batch_size: int = 64) -> list[str]:
+def greedy_answers(
+    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 64
+) -> list[str]:
     """Greedy answers, batched with left padding."""
     import torch
 
@@ -197,8 +207,13 @@ def greedy_answers(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_t
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
         with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=attention, max_new_tokens=max_new_tokens,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         answers += [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
     return answers
 
@@ -221,8 +236,9 @@ def corrupt(answer: str, rng: random.Random) -> str:
     return "".join(digits)
 
 
-def train_reward_model(model: Any, tokenizer: Any, steps: int, batch_size: int, learning_rate: float,
-                       seed: int) -> float:
+def train_reward_model(
+    model: Any, tokenizer: Any, steps: int, batch_size: int, learning_rate: float, seed: int
+) -> float:
     """Binary-classify (prompt, answer) as correct (1) or wrong (0: a habit answer or a corrupted one);
     the logit is the reward."""
     import torch
@@ -271,8 +287,13 @@ def write_datasets(data_dir: Path, profile: Profile, seed: int) -> dict[str, Pat
     return paths
 
 
-def build_demo_world(root: str | Path, profile: str | Profile = "full", seed: int = 0,
-                     log: Callable[[str], None] = print, threads: int = 1) -> dict[str, Any]:
+def build_demo_world(
+    root: str | Path,
+    profile: str | Profile = "full",
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    threads: int = 1,
+) -> dict[str, Any]:
     """Build datasets and models under root/{data,models}; write root/world.json; return its content.
 
     Idempotent: a model folder that already holds weights is kept (delete it to rebuild).
@@ -305,14 +326,24 @@ def build_demo_world(root: str | Path, profile: str | Profile = "full", seed: in
                 model = LlamaForCausalLM.from_pretrained(str(root / "models" / base))
             else:
                 model = LlamaForCausalLM(_llama_config(tokenizer, **arch))
-            train_causal_lm(model, tokenizer, skills, settings.steps[name], settings.batch_size,
-                            settings.learning_rate, seed + index)
+            train_causal_lm(
+                model,
+                tokenizer,
+                skills,
+                settings.steps[name],
+                settings.batch_size,
+                settings.learning_rate,
+                seed + index,
+            )
             model.generation_config = _generation_config(tokenizer)
             save_model(model, tokenizer, path)
         scores = {skill: accuracy(model, tokenizer, probe[skill]) for skill in SKILLS}
         summary["models"][name] = {"path": str(path), "accuracy": scores}
-        log(f"demo: {name:<9} " + "  ".join(f"{k} {v:6.1%}" for k, v in scores.items())
-            + f"  ({time.monotonic() - started:.0f}s)")
+        log(
+            f"demo: {name:<9} "
+            + "  ".join(f"{k} {v:6.1%}" for k, v in scores.items())
+            + f"  ({time.monotonic() - started:.0f}s)"
+        )
 
     reward_path = root / "models" / "reward"
     started = time.monotonic()
@@ -320,8 +351,9 @@ def build_demo_world(root: str | Path, profile: str | Profile = "full", seed: in
         torch.manual_seed(seed + 10)
         # The target's backbone already reads the formats; only the score head starts from scratch.
         reward = LlamaForSequenceClassification.from_pretrained(str(root / "models" / "target"), num_labels=1)
-        train_reward_model(reward, tokenizer, settings.reward_steps, settings.batch_size,
-                           settings.learning_rate / 3, seed)
+        train_reward_model(
+            reward, tokenizer, settings.reward_steps, settings.batch_size, settings.learning_rate / 3, seed
+        )
         save_model(reward, tokenizer, reward_path)
     summary["models"]["reward"] = {"path": str(reward_path)}
     log(f"demo: reward model ready ({time.monotonic() - started:.0f}s)")
@@ -345,6 +377,12 @@ def _generation_config(tokenizer: Any) -> Any:
     from transformers import GenerationConfig
 
     # transformers serve samples only when the generation config says so.
-    return GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, max_new_tokens=8,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
+    return GenerationConfig(
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        max_new_tokens=8,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )

@@ -19,15 +19,30 @@ from kubefusion_operator.validation import InvalidFusionRun, load_fusionrun
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubefusion run", description=__doc__.split("\n")[0])
     parser.add_argument("-f", "--file", required=True, help="the FusionRun YAML")
-    parser.add_argument("--workdir", default=".",
-                        help="folder that relative model, dataset and storage paths are resolved against. "
-                             "Default: the current folder.")
-    parser.add_argument("--concurrency", type=int, default=64,
-                        help="requests in flight per server (servers batch them). Default 64.")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
-                        help="device for scoring and evaluation. Default cpu.")
-    parser.add_argument("--server-deadline", type=float, default=300.0,
-                        help="seconds a model server may take to become healthy. Default 300.")
+    parser.add_argument(
+        "--workdir",
+        default=".",
+        help="folder that relative model, dataset and storage paths are resolved against. "
+        "Default: the current folder.",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=64,
+        help="requests in flight per server (servers batch them). Default 64.",
+    )
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda"],
+        help="device for scoring and evaluation. Default cpu.",
+    )
+    parser.add_argument(
+        "--server-deadline",
+        type=float,
+        default=300.0,
+        help="seconds a model server may take to become healthy. Default 300.",
+    )
     parser.add_argument("--no-report", action="store_true", help="skip report.md and its plots")
     return parser
 
@@ -45,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.file}: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        runner = LocalRunner(run, Path(args.workdir), concurrency=args.concurrency, device=args.device,
-                             server_deadline_s=args.server_deadline, out=lambda line: print(line, flush=True))
+        runner = LocalRunner(
+            run,
+            Path(args.workdir),
+            concurrency=args.concurrency,
+            device=args.device,
+            server_deadline_s=args.server_deadline,
+            out=lambda line: print(line, flush=True),
+        )
     except ValueError as exc:
         print(f"{args.file}: {exc}", file=sys.stderr)
         return 1
@@ -69,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
 
     card = scorecard_text(runner.layout)
     if card:
-        print("\nscorecard (held-out accuracy per skill; win rate = reward model prefers it over the original):")
+        print(
+            "\nscorecard (held-out accuracy per skill; win rate = reward model prefers it over the original):"
+        )
         print(card)
     print(f"run {run.name}: finished ({time.monotonic() - started:.0f}s this invocation)")
     return 0

@@ -16,19 +16,34 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="build the quickstart world")
     init.add_argument("--dir", default="demo", help="where to write it. Default demo/.")
-    init.add_argument("--profile", default="full", choices=["full", "small"],
-                      help="full: the quickstart; small: fewer prompts (the CI test). Default full.")
+    init.add_argument(
+        "--profile",
+        default="full",
+        choices=["full", "small"],
+        help="full: the quickstart; small: fewer prompts (the CI test). Default full.",
+    )
     init.add_argument("--seed", type=int, default=0, help="seed for data and weights. Default 0.")
-    init.add_argument("--threads", type=int, default=1,
-                      help="torch CPU threads. Default 1 (tiny matrices: more threads mostly add overhead).")
+    init.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads. Default 1 (tiny matrices: more threads mostly add overhead).",
+    )
     args = parser.parse_args(argv)
 
     from kubefusion_trainer.demo_world import build_demo_world
 
-    summary = build_demo_world(args.dir, profile=args.profile, seed=args.seed, threads=args.threads,
-                               log=lambda line: print(line, flush=True))
-    print(f"demo: world ready in {args.dir}/ ({len(summary['models'])} models, "
-          f"{len(summary['datasets'])} datasets); next: kubefusion run -f examples/quickstart.yaml")
+    summary = build_demo_world(
+        args.dir,
+        profile=args.profile,
+        seed=args.seed,
+        threads=args.threads,
+        log=lambda line: print(line, flush=True),
+    )
+    print(
+        f"demo: world ready in {args.dir}/ ({len(summary['models'])} models, "
+        f"{len(summary['datasets'])} datasets); next: kubefusion run -f examples/quickstart.yaml"
+    )
     return 0
 
 

@@ -25,19 +25,36 @@ class Step:
     extra_args: tuple[str, ...] = field(default=())
 
     def command(self, python: str, config_file: str) -> list[str]:
-        return [python, "-m", "kubefusion_operator", "stage", *self.args, "--config", config_file,
-                *self.extra_args]
+        return [
+            python,
+            "-m",
+            "kubefusion_operator",
+            "stage",
+            *self.args,
+            "--config",
+            config_file,
+            *self.extra_args,
+        ]
 
     def done(self, layout: RunLayout) -> bool:
         return any(layout.stage_record(r).exists() for r in self.records)
 
 
 # Options the local runner adds to a task's command (a cluster sets them in its pod templates).
-_LOCAL_OPTIONS = {"sample": ("--concurrency", "{concurrency}"), "score": ("--device", "{device}"),
-                  "evaluate": ("--include-sources", "--device", "{device}")}
+_LOCAL_OPTIONS = {
+    "sample": ("--concurrency", "{concurrency}"),
+    "score": ("--device", "{device}"),
+    "evaluate": ("--include-sources", "--device", "{device}"),
+}
 # What the user sees for a task (sample/<source> becomes "sample <source>").
-_TITLES = {"sft": "train sft", "dpo": "train dpo", "wrpo": "train wrpo", "sample-target": "sample target",
-           "score-target": "score target", "build-wrpo": "build wrpo"}
+_TITLES = {
+    "sft": "train sft",
+    "dpo": "train dpo",
+    "wrpo": "train wrpo",
+    "sample-target": "sample target",
+    "score-target": "score target",
+    "build-wrpo": "build wrpo",
+}
 
 
 def _title(task_name: str) -> str:
@@ -57,9 +74,12 @@ def local_steps(spec: FusionRunSpec, concurrency: int = 64, device: str = "cpu")
         if task.record is None:
             raise ValueError(f"planner task {task.name!r} names no completion record")
         stage_command = task.command[1] if task.command[:1] == ("stage",) else task.command[0]
-        extra = tuple(part.format(concurrency=concurrency, device=device)
-                      for part in _LOCAL_OPTIONS.get(stage_command, ()))
+        extra = tuple(
+            part.format(concurrency=concurrency, device=device)
+            for part in _LOCAL_OPTIONS.get(stage_command, ())
+        )
         server = servers[task.server].endpoint if task.server else None
-        steps.append(Step(_title(task.name), task.stage, tuple(task.command[1:]) + extra, (task.record,),
-                          serve=server))
+        steps.append(
+            Step(_title(task.name), task.stage, tuple(task.command[1:]) + extra, (task.record,), serve=server)
+        )
     return steps

@@ -46,11 +46,17 @@ def dataset_table(layout: RunLayout, spec: FusionConfig) -> list[dict[str, Any]]
         if prompts.exists():
             for row in _jsonl(prompts):
                 splits[row.get("split", "?")] += 1
-        table.append({
-            "dataset": dataset.name, "domain": dataset.domain, "prompts": sum(splits.values()),
-            "splits": dict(splits), "sft": _count_lines(layout.dataset_file("sft", dataset.name)),
-            "pairs": _count_lines(layout.dataset_file(second, dataset.name)), "pair_kind": second,
-        })
+        table.append(
+            {
+                "dataset": dataset.name,
+                "domain": dataset.domain,
+                "prompts": sum(splits.values()),
+                "splits": dict(splits),
+                "sft": _count_lines(layout.dataset_file("sft", dataset.name)),
+                "pairs": _count_lines(layout.dataset_file(second, dataset.name)),
+                "pair_kind": second,
+            }
+        )
     return table
 
 
@@ -61,8 +67,12 @@ def source_rewards(layout: RunLayout, spec: FusionConfig) -> dict[str, dict[str,
         per_source: dict[str, list[float]] = {}
         for source in spec.dataset_sources(dataset):
             folder = layout.scores_dir("sources", source.name, dataset.name)
-            values = [float(r["reward"]) for shard in sorted(folder.glob("shard-*.jsonl"))
-                      for r in _jsonl(shard) if r.get("reward") is not None]
+            values = [
+                float(r["reward"])
+                for shard in sorted(folder.glob("shard-*.jsonl"))
+                for r in _jsonl(shard)
+                if r.get("reward") is not None
+            ]
             if values:
                 per_source[source.name] = values
         if per_source:
@@ -76,8 +86,12 @@ def source_accuracy(layout: RunLayout, spec: FusionConfig) -> dict[str, dict[str
     for dataset in spec.datasets:
         for source in spec.dataset_sources(dataset):
             folder = layout.scores_dir("sources", source.name, dataset.name)
-            checked = [bool(r["correct"]) for shard in sorted(folder.glob("shard-*.jsonl"))
-                       for r in _jsonl(shard) if r.get("correct") is not None]
+            checked = [
+                bool(r["correct"])
+                for shard in sorted(folder.glob("shard-*.jsonl"))
+                for r in _jsonl(shard)
+                if r.get("correct") is not None
+            ]
             if checked:
                 result.setdefault(dataset.name, {})[source.name] = sum(checked) / len(checked)
     return result
@@ -113,38 +127,61 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def render_markdown(name: str, spec: FusionConfig, table: list[dict[str, Any]],
-                    sample_accuracy: dict[str, dict[str, float]], card: dict[str, Any] | None,
-                    plots: dict[str, str]) -> str:
-    lines = [f"# Fusion run `{name}`", "",
-             f"Recipe **{spec.recipe.value}**: sources {', '.join(s.name for s in spec.sources)} "
-             f"-> target `{spec.target.model}`.", ""]
+def render_markdown(
+    name: str,
+    spec: FusionConfig,
+    table: list[dict[str, Any]],
+    sample_accuracy: dict[str, dict[str, float]],
+    card: dict[str, Any] | None,
+    plots: dict[str, str],
+) -> str:
+    lines = [
+        f"# Fusion run `{name}`",
+        "",
+        f"Recipe **{spec.recipe.value}**: sources {', '.join(s.name for s in spec.sources)} "
+        f"-> target `{spec.target.model}`.",
+        "",
+    ]
     if card:
         models = card["models"]
         datasets = list(card["datasets"])
-        lines += ["## Scorecard (held-out prompts, greedy answers)", "",
-                  "Accuracy per dataset; *win* = share of prompts where the reward model prefers the model's "
-                  "answer over the original target's (ties count half).", "",
-                  "| model | " + " | ".join(f"{d} accuracy" for d in datasets) + " | " +
-                  " | ".join(f"{d} win" for d in datasets) + " |",
-                  "|---" * (1 + 2 * len(datasets)) + "|"]
+        lines += [
+            "## Scorecard (held-out prompts, greedy answers)",
+            "",
+            "Accuracy per dataset; *win* = share of prompts where the reward model prefers the model's "
+            "answer over the original target's (ties count half).",
+            "",
+            "| model | "
+            + " | ".join(f"{d} accuracy" for d in datasets)
+            + " | "
+            + " | ".join(f"{d} win" for d in datasets)
+            + " |",
+            "|---" * (1 + 2 * len(datasets)) + "|",
+        ]
         for model in models:
             acc = [_pct(card["datasets"][d]["accuracy"].get(model)) for d in datasets]
-            win = [_pct(card["datasets"][d]["win_rate"].get(model)) if model != "original" else "-"
-                   for d in datasets]
+            win = [
+                _pct(card["datasets"][d]["win_rate"].get(model)) if model != "original" else "-"
+                for d in datasets
+            ]
             lines.append(f"| {model} | " + " | ".join(acc) + " | " + " | ".join(win) + " |")
         prompts = ", ".join(f"{d}: {card['datasets'][d]['prompts']}" for d in datasets)
         lines += ["", f"Held-out prompts per dataset: {prompts}.", ""]
         if "scorecard" in plots:
             lines += [f"![scorecard]({plots['scorecard']})", ""]
-    lines += ["## Datasets", "",
-              "| dataset | domain | prompts | SFT rows | preference rows | held out |",
-              "|---|---|---|---|---|---|"]
+    lines += [
+        "## Datasets",
+        "",
+        "| dataset | domain | prompts | SFT rows | preference rows | held out |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in table:
-        lines.append(f"| {row['dataset']} | {row['domain']} | {row['prompts']} | "
-                     f"{row['sft'] if row['sft'] is not None else '-'} | "
-                     f"{row['pairs'] if row['pairs'] is not None else '-'} ({row['pair_kind']}) | "
-                     f"{row['splits'].get('eval', 0)} |")
+        lines.append(
+            f"| {row['dataset']} | {row['domain']} | {row['prompts']} | "
+            f"{row['sft'] if row['sft'] is not None else '-'} | "
+            f"{row['pairs'] if row['pairs'] is not None else '-'} ({row['pair_kind']}) | "
+            f"{row['splits'].get('eval', 0)} |"
+        )
     lines.append("")
     if sample_accuracy:
         lines += ["## Sources' sampled answers", "", "Share of sampled answers that were correct:", ""]
@@ -154,8 +191,14 @@ def render_markdown(name: str, spec: FusionConfig, table: list[dict[str, Any]],
     if "rewards" in plots:
         lines += ["## Reward distributions per source", "", f"![rewards]({plots['rewards']})", ""]
     if "training" in plots:
-        lines += ["## Training", "", "Loss and (preference stages) reward margin per logged step.", "",
-                  f"![training]({plots['training']})", ""]
+        lines += [
+            "## Training",
+            "",
+            "Loss and (preference stages) reward margin per logged step.",
+            "",
+            f"![training]({plots['training']})",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -184,8 +227,12 @@ def plot_training(logs: dict[str, list[dict[str, Any]]], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(stage, key) for stage, history in logs.items() for key in ("loss", "rewards/margins")
-              if curve(history, key)[0]]
+    panels = [
+        (stage, key)
+        for stage, history in logs.items()
+        for key in ("loss", "rewards/margins")
+        if curve(history, key)[0]
+    ]
     if not panels:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.2), squeeze=False)
@@ -229,8 +276,14 @@ def write_report(layout: RunLayout, spec: FusionConfig, name: str) -> Path:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        text = render_markdown(name, spec, dataset_table(layout, spec), source_accuracy(layout, spec),
-                               _load_scorecard(layout), {})
+        text = render_markdown(
+            name,
+            spec,
+            dataset_table(layout, spec),
+            source_accuracy(layout, spec),
+            _load_scorecard(layout),
+            {},
+        )
         atomic_write_text(layout.report, text + "\n\n(No plots: install matplotlib, the `local` extra.)\n")
         return layout.report
     plots: dict[str, str] = {}
@@ -245,7 +298,9 @@ def write_report(layout: RunLayout, spec: FusionConfig, name: str) -> Path:
     if card:
         plot_scorecard(card, layout.plot("scorecard"))
         plots["scorecard"] = layout.plot("scorecard").name
-    text = render_markdown(name, spec, dataset_table(layout, spec), source_accuracy(layout, spec), card, plots)
+    text = render_markdown(
+        name, spec, dataset_table(layout, spec), source_accuracy(layout, spec), card, plots
+    )
     atomic_write_text(layout.report, text + "\n")
     return layout.report
 

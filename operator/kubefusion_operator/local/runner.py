@@ -91,8 +91,20 @@ def child_env() -> dict[str, str]:
 
 
 # Settings and bookkeeping in completion records, not results (the runner prints the time itself).
-_UNSUMMARIZED = {"stage", "name", "seed", "seconds", "world_size", "deepspeed_zero_stage", "shard", "shards",
-                 "gradient_accumulation_steps", "global_batch_size", "max_steps", "shards_scored"}
+_UNSUMMARIZED = {
+    "stage",
+    "name",
+    "seed",
+    "seconds",
+    "world_size",
+    "deepspeed_zero_stage",
+    "shard",
+    "shards",
+    "gradient_accumulation_steps",
+    "global_batch_size",
+    "max_steps",
+    "shards_scored",
+}
 
 
 def summarize_record(record: dict[str, Any]) -> str:
@@ -126,9 +138,16 @@ class StepOutcome:
 class LocalRunner:
     """Runs the plan. `out` receives the human-readable lines (stdout by default)."""
 
-    def __init__(self, run: FusionRun, workdir: Path, concurrency: int = 64, device: str = "cpu",
-                 out: Callable[[str], None] = print, server_deadline_s: float = 300.0,
-                 show_progress: bool | None = None) -> None:
+    def __init__(
+        self,
+        run: FusionRun,
+        workdir: Path,
+        concurrency: int = 64,
+        device: str = "cpu",
+        out: Callable[[str], None] = print,
+        server_deadline_s: float = 300.0,
+        show_progress: bool | None = None,
+    ) -> None:
         self.run = run
         self.workdir = workdir.resolve()
         self.spec = resolve_local_paths(run.spec, self.workdir)
@@ -147,7 +166,9 @@ class LocalRunner:
     def write_config(self, label: str, endpoints: dict[str, str] | None = None) -> Path:
         config = self.spec.to_run_config(self.run.name, str(self.layout.root), endpoints)
         path = self.layout.run_config_file(label)
-        atomic_write_text(path, yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False))
+        atomic_write_text(
+            path, yaml.safe_dump(config.model_dump(mode="json", by_alias=True), sort_keys=False)
+        )
         return path
 
     def save_fusionrun(self) -> Path:
@@ -212,8 +233,9 @@ class LocalRunner:
                 except ServerError as exc:
                     raise RunFailed(f"{step.name}: {exc}") from None
                 endpoints[step.serve] = self._server.base_url
-            config = self.write_config(step.args[0] if not endpoints else f"{step.args[0]}-{step.serve}",
-                                       endpoints)
+            config = self.write_config(
+                step.args[0] if not endpoints else f"{step.args[0]}-{step.serve}", endpoints
+            )
             self._run_child(step, config)
         finally:
             if self._server is not None:
@@ -233,8 +255,15 @@ class LocalRunner:
             source = next(s for s in self.spec.sources if s.name == name)
             model, gpus = source.model, source.serving.gpus
         self.out(f"  serving {name} ({model})")
-        return start_server(name, model, self.layout.logs_dir, gpus=gpus, deadline_s=self.server_deadline_s,
-                            env=self.env, pass_fds=self._inherited_fds())
+        return start_server(
+            name,
+            model,
+            self.layout.logs_dir,
+            gpus=gpus,
+            deadline_s=self.server_deadline_s,
+            env=self.env,
+            pass_fds=self._inherited_fds(),
+        )
 
     def _inherited_fds(self) -> tuple[int, ...]:
         return () if self._lock_fd is None else (self._lock_fd,)
@@ -248,9 +277,16 @@ class LocalRunner:
             sink: IO[bytes] | None = None if self.show_progress else log
             log.write(f"$ {' '.join(command)}\n".encode())
             log.flush()
-            self._child = subprocess.Popen(command, stdout=sink, stderr=sink, stdin=subprocess.DEVNULL,
-                                           env=self.env, cwd=self.workdir, preexec_fn=die_with_parent,
-                                           pass_fds=self._inherited_fds())
+            self._child = subprocess.Popen(
+                command,
+                stdout=sink,
+                stderr=sink,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                cwd=self.workdir,
+                preexec_fn=die_with_parent,
+                pass_fds=self._inherited_fds(),
+            )
             try:
                 code = self._child.wait()
             finally:

@@ -66,22 +66,56 @@ def choose_backend(gpus: int, vllm_installed: bool | None = None, has_gpu: bool 
     return "transformers"
 
 
-def server_command(backend: Backend, model: str, port: int, host: str = "127.0.0.1", gpus: int = 0,
-                   extra_args: list[str] | None = None) -> list[str]:
+def server_command(
+    backend: Backend,
+    model: str,
+    port: int,
+    host: str = "127.0.0.1",
+    gpus: int = 0,
+    extra_args: list[str] | None = None,
+) -> list[str]:
     if backend == "vllm":
-        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model,
-                   "--served-model-name", model, "--host", host, "--port", str(port)]
+        command = [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            model,
+            "--served-model-name",
+            model,
+            "--host",
+            host,
+            "--port",
+            str(port),
+        ]
         if gpus > 1:
             command += ["--tensor-parallel-size", str(gpus)]
         return command + list(extra_args or [])
     # Continuous batching: ~10x the throughput of one-request-at-a-time generation for many small requests.
     # A fixed KV cache (32k tokens): left to itself it sizes the cache from the machine's whole memory.
-    return [sys.executable, "-c", _TRANSFORMERS_CLI, "serve", model, "--host", host, "--port", str(port),
-            "--device", "cpu", "--continuous-batching", "--cb-block-size", "32", "--cb-num-blocks", "1024"]
+    return [
+        sys.executable,
+        "-c",
+        _TRANSFORMERS_CLI,
+        "serve",
+        model,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+        "--continuous-batching",
+        "--cb-block-size",
+        "32",
+        "--cb-num-blocks",
+        "1024",
+    ]
 
 
-def wait_healthy(url: str, deadline_s: float, alive: Callable[[], bool] = lambda: True,
-                 interval_s: float = 0.5) -> None:
+def wait_healthy(
+    url: str, deadline_s: float, alive: Callable[[], bool] = lambda: True, interval_s: float = 0.5
+) -> None:
     """Poll GET url until it answers 200; raise ServerError when `alive()` turns false or time runs out."""
     end = time.monotonic() + deadline_s
     last_error = "no answer yet"
@@ -141,9 +175,17 @@ def _signal_group(process: subprocess.Popen[Any], sig: int) -> None:
         os.killpg(process.pid, sig)
 
 
-def start_server(name: str, model: str, log_dir: Path, gpus: int = 0, extra_args: list[str] | None = None,
-                 deadline_s: float = 300.0, env: dict[str, str] | None = None,
-                 backend: Backend | None = None, pass_fds: tuple[int, ...] = ()) -> ModelServer:
+def start_server(
+    name: str,
+    model: str,
+    log_dir: Path,
+    gpus: int = 0,
+    extra_args: list[str] | None = None,
+    deadline_s: float = 300.0,
+    env: dict[str, str] | None = None,
+    backend: Backend | None = None,
+    pass_fds: tuple[int, ...] = (),
+) -> ModelServer:
     """Start a server for `model` and return once /health answers; the log goes to log_dir/<name>.log."""
     backend = backend or choose_backend(gpus)
     port = free_port()
@@ -152,9 +194,13 @@ def start_server(name: str, model: str, log_dir: Path, gpus: int = 0, extra_args
     log = open(log_path, "ab")  # noqa: SIM115 - closed by ModelServer.stop
     process = subprocess.Popen(
         server_command(backend, model, port, gpus=gpus, extra_args=extra_args),
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=env, start_new_session=True,  # its own group: stop() reaches its children too
-        preexec_fn=die_with_parent, pass_fds=pass_fds,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,  # its own group: stop() reaches its children too
+        preexec_fn=die_with_parent,
+        pass_fds=pass_fds,
     )
     server = ModelServer(name, model, port, backend, process, log_path, log)
     try:
@@ -163,6 +209,8 @@ def start_server(name: str, model: str, log_dir: Path, gpus: int = 0, extra_args
         server.stop()
         if isinstance(exc, ServerError):
             tail = log_path.read_text(encoding="utf-8", errors="replace")[-2000:]
-            raise ServerError(f"server for {name} ({model}): {exc}\n--- {log_path} (tail) ---\n{tail}") from None
+            raise ServerError(
+                f"server for {name} ({model}): {exc}\n--- {log_path} (tail) ---\n{tail}"
+            ) from None
         raise
     return server

@@ -46,7 +46,9 @@ def scorecard_text(layout: RunLayout) -> str | None:
 def status_lines(layout: RunLayout) -> list[str]:
     saved = layout.run_config_file(FUSIONRUN_LABEL)
     if not saved.exists():
-        raise FileNotFoundError(f"{layout.root}: not a kubefusion run folder (no {saved.relative_to(layout.root)})")
+        raise FileNotFoundError(
+            f"{layout.root}: not a kubefusion run folder (no {saved.relative_to(layout.root)})"
+        )
     run = FusionRun.model_validate(yaml.safe_load(saved.read_text(encoding="utf-8")))
     steps = local_steps(run.spec)
     active = runner_active(layout)

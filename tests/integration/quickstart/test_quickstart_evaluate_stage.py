@@ -19,33 +19,64 @@ pytestmark = pytest.mark.integration
 
 def _evaluate(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "kubefusion_operator", "stage", "evaluate", "--config", str(config),
-         "--include-sources", "--max-new-tokens", "4"],
-        env=subprocess_env(), capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "kubefusion_operator",
+            "stage",
+            "evaluate",
+            "--config",
+            str(config),
+            "--include-sources",
+            "--max-new-tokens",
+            "4",
+        ],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
-def test_evaluate_scores_every_model_on_held_out_prompts_and_resumes(tiny_world: dict[str, Path],
-                                                                      tmp_path: Path) -> None:
+def test_evaluate_scores_every_model_on_held_out_prompts_and_resumes(
+    tiny_world: dict[str, Path], tmp_path: Path
+) -> None:
     root = tmp_path / "run"
     layout = RunLayout(root)
     rows = []
     for i in range(6):
         messages = [{"role": "user", "content": f"What is {i} + 1?"}]
-        rows.append({"prompt_id": prompt_id(messages), "dataset": "add", "domain": "math", "messages": messages,
-                     "gold_answer": str(i + 1), "split": "eval" if i < 4 else "sft", "row_index": i})
+        rows.append(
+            {
+                "prompt_id": prompt_id(messages),
+                "dataset": "add",
+                "domain": "math",
+                "messages": messages,
+                "gold_answer": str(i + 1),
+                "split": "eval" if i < 4 else "sft",
+                "row_index": i,
+            }
+        )
     layout.prompts_file("add").parent.mkdir(parents=True)
     layout.prompts_file("add").write_text("".join(json.dumps(r) + "\n" for r in rows))
     model = str(tiny_world["model"])
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "ev", "storageRoot": str(root), "spec": {
-            "target": {"model": model}, "sources": [{"name": "src", "model": model}],
-            "datasets": [{"name": "add", "location": "/unused.jsonl", "domain": "math"}],
-            "scoring": {"rewardModel": {"model": str(tiny_world["reward"]), "maxLength": 64}},
-            "training": {"dpo": {}}, "evaluation": {"heldOutFraction": 0.5, "maxPrompts": 3},
-        },
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ev",
+                "storageRoot": str(root),
+                "spec": {
+                    "target": {"model": model},
+                    "sources": [{"name": "src", "model": model}],
+                    "datasets": [{"name": "add", "location": "/unused.jsonl", "domain": "math"}],
+                    "scoring": {"rewardModel": {"model": str(tiny_world["reward"]), "maxLength": 64}},
+                    "training": {"dpo": {}},
+                    "evaluation": {"heldOutFraction": 0.5, "maxPrompts": 3},
+                },
+            }
+        )
+    )
     # A finished SFT stage: its final model is evaluated too.
     layout.final_model("sft").parent.mkdir(parents=True)
     layout.final_model("sft").symlink_to(model, target_is_directory=True)
@@ -72,16 +103,24 @@ def test_evaluate_scores_every_model_on_held_out_prompts_and_resumes(tiny_world:
     assert {m: layout.eval_answers(m).stat().st_mtime_ns for m in card["models"]} == stamps
 
 
-def test_evaluate_without_prepared_prompts_fails_naming_the_dataset(tiny_world: dict[str, Path],
-                                                                    tmp_path: Path) -> None:
+def test_evaluate_without_prepared_prompts_fails_naming_the_dataset(
+    tiny_world: dict[str, Path], tmp_path: Path
+) -> None:
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "ev", "storageRoot": str(tmp_path / "run"), "spec": {
-            "target": {"model": str(tiny_world["model"])}, "sources": [{"name": "s", "model": "x"}],
-            "datasets": [{"name": "add", "location": "/unused.jsonl", "domain": "math"}],
-            "scoring": {"rewardModel": {"model": str(tiny_world["reward"])}},
-        },
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ev",
+                "storageRoot": str(tmp_path / "run"),
+                "spec": {
+                    "target": {"model": str(tiny_world["model"])},
+                    "sources": [{"name": "s", "model": "x"}],
+                    "datasets": [{"name": "add", "location": "/unused.jsonl", "domain": "math"}],
+                    "scoring": {"rewardModel": {"model": str(tiny_world["reward"])}},
+                },
+            }
+        )
+    )
     result = _evaluate(config)
     assert result.returncode == 1
     assert "dataset 'add'" in result.stderr and "run prepare first" in result.stderr

@@ -32,8 +32,13 @@ MIN_GAIN = 0.25
 
 
 def _kubefusion(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "kubefusion_operator", *args], env=subprocess_env(),
-                          capture_output=True, text=True, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "kubefusion_operator", *args],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        **kwargs,
+    )
 
 
 def _wait_for(condition: Callable[[], bool], what: str, deadline_s: float, process=None) -> None:
@@ -68,7 +73,10 @@ def _start(workdir: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "kubefusion_operator", "run", "-f", "ci.yaml", "--concurrency", "32"],
-            cwd=workdir, env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT,
+            cwd=workdir,
+            env=subprocess_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
 
 
@@ -81,8 +89,12 @@ def _kill_and_wait(process: subprocess.Popen[bytes], layout: RunLayout) -> None:
 
 def _sample_rows(layout: RunLayout, source: str, dataset: str) -> list[dict]:
     folder = layout.samples_dir("sources", source, dataset)
-    return [json.loads(line) for shard in sorted(folder.glob("shard-*.jsonl"))
-            for line in shard.read_text().splitlines() if line.strip()]
+    return [
+        json.loads(line)
+        for shard in sorted(folder.glob("shard-*.jsonl"))
+        for line in shard.read_text().splitlines()
+        if line.strip()
+    ]
 
 
 def test_quickstart_killed_twice_resumes_and_fuses_both_skills(workdir: Path) -> None:
@@ -95,15 +107,23 @@ def test_quickstart_killed_twice_resumes_and_fuses_both_skills(workdir: Path) ->
     # 1. Kill during sampling: once the first source has committed part of its answers.
     first = _start(workdir, log)
     chunks = layout.samples_dir("sources", "adder", "addition").parent
-    _wait_for(lambda: any(chunks.glob("*/chunks/*/chunk-*.jsonl")) or any(chunks.glob("*/shard-*.jsonl")),
-              "committed adder answers", 600, first)
+    _wait_for(
+        lambda: any(chunks.glob("*/chunks/*/chunk-*.jsonl")) or any(chunks.glob("*/shard-*.jsonl")),
+        "committed adder answers",
+        600,
+        first,
+    )
     assert not layout.stage_record("sample-sources-adder").exists()
     _kill_and_wait(first, layout)
 
     # 2. Kill during SFT: once a complete checkpoint exists.
     second = _start(workdir, log)
-    _wait_for(lambda: latest_complete_checkpoint(layout.checkpoints_dir("sft")) is not None,
-              "an SFT checkpoint", 900, second)
+    _wait_for(
+        lambda: latest_complete_checkpoint(layout.checkpoints_dir("sft")) is not None,
+        "an SFT checkpoint",
+        900,
+        second,
+    )
     assert not layout.stage_record("train-sft").exists()
     _kill_and_wait(second, layout)
 
@@ -111,7 +131,7 @@ def test_quickstart_killed_twice_resumes_and_fuses_both_skills(workdir: Path) ->
     third = _start(workdir, log)
     assert third.wait(timeout=900) == 0, log.read_text()[-4000:]
     output = log.read_text()
-    third_output = output[output.rindex("run ci: 8 steps"):]
+    third_output = output[output.rindex("run ci: 8 steps") :]
 
     # Nothing finished was redone: the last invocation found the early steps done.
     for step in ("prepare", "sample adder", "sample reverser", "score", "build"):

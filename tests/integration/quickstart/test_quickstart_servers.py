@@ -25,15 +25,23 @@ def test_backend_is_vllm_only_with_vllm_a_gpu_and_gpus_requested() -> None:
     assert cpu[cpu.index("serve") + 1] == "/m" and cpu[cpu.index("--device") + 1] == "cpu"
 
 
-def test_transformers_server_serves_the_model_by_its_path_then_stops(tiny_world: dict[str, Path],
-                                                                     tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_transformers_server_serves_the_model_by_its_path_then_stops(
+    tiny_world: dict[str, Path], tmp_path: Path
+) -> None:
     model = str(tiny_world["model"])
     server = start_server("tiny", model, tmp_path / "logs", deadline_s=180, env=subprocess_env())
     try:
         request = urllib.request.Request(
             f"{server.base_url}/chat/completions",
-            data=json.dumps({"model": model, "messages": [{"role": "user", "content": "What is 1 + 2?"}],
-                             "max_tokens": 4, "temperature": 1.0}).encode(),
+            data=json.dumps(
+                {
+                    "model": model,
+                    "messages": [{"role": "user", "content": "What is 1 + 2?"}],
+                    "max_tokens": 4,
+                    "temperature": 1.0,
+                }
+            ).encode(),
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -49,8 +57,9 @@ def test_transformers_server_serves_the_model_by_its_path_then_stops(tiny_world:
 
 def test_a_server_that_cannot_load_its_model_fails_with_its_log(tmp_path: Path) -> None:
     with pytest.raises(ServerError) as failure:
-        server = start_server("broken", str(tmp_path / "no-such-model"), tmp_path / "logs", deadline_s=120,
-                              env=subprocess_env())
+        server = start_server(
+            "broken", str(tmp_path / "no-such-model"), tmp_path / "logs", deadline_s=120, env=subprocess_env()
+        )
         server.stop()
     assert "server for broken" in str(failure.value)
     assert (tmp_path / "logs" / "server-broken.log").exists()

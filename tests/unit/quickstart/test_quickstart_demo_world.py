@@ -25,12 +25,15 @@ def test_problems_are_distinct_seeded_and_correct() -> None:
         assert answer == digits[::-1] and "0" not in digits
 
 
-@pytest.mark.parametrize(("skill", "prompt", "habit"), [
-    ("addition", "What is 47 + 38?", "75"),
-    ("addition", "What is 12 + 34?", "46"),  # no carry: the habit happens to be right
-    ("addition", "What is 95 + 15?", "00"),
-    ("reversal", "Reverse the digits 5381.", "5381"),
-])
+@pytest.mark.parametrize(
+    ("skill", "prompt", "habit"),
+    [
+        ("addition", "What is 47 + 38?", "75"),
+        ("addition", "What is 12 + 34?", "46"),  # no carry: the habit happens to be right
+        ("addition", "What is 95 + 15?", "00"),
+        ("reversal", "Reverse the digits 5381.", "5381"),
+    ],
+)
 def test_habit_answers_drop_carries_or_copy(skill: str, prompt: str, habit: str) -> None:
     assert demo_world.habit_answer(skill, prompt) == habit
 
@@ -56,9 +59,13 @@ def test_hand_rendered_prompt_matches_the_chat_template(tiny_world: dict[str, Pa
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_world["tokenizer"]))
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is 1 + 2?"}], tokenize=False,
-                                         add_generation_prompt=True)
-    assert demo_world.prompt_ids(tokenizer, "What is 1 + 2?") == tokenizer(text, add_special_tokens=False)["input_ids"]
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 1 + 2?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert (
+        demo_world.prompt_ids(tokenizer, "What is 1 + 2?")
+        == tokenizer(text, add_special_tokens=False)["input_ids"]
+    )
     ids, labels = demo_world.encode_example(tokenizer, "What is 1 + 2?", "3")
     answer = [t for t, label in zip(ids, labels, strict=True) if label != -100]
     assert tokenizer.decode(answer) == "3" + tokenizer.eos_token

@@ -31,7 +31,14 @@ def _wrpo(run: FusionRun) -> FusionRun:
 def test_fusechat_plan_runs_every_stage_in_order_with_one_server_per_source(quickstart: FusionRun) -> None:
     steps = local_steps(quickstart.spec, concurrency=8)
     assert [s.name for s in steps] == [
-        "prepare", "sample adder", "sample reverser", "score", "build", "train sft", "train dpo", "evaluate",
+        "prepare",
+        "sample adder",
+        "sample reverser",
+        "score",
+        "build",
+        "train sft",
+        "train dpo",
+        "evaluate",
     ]
     sampling = [s for s in steps if s.serve]
     assert [s.serve for s in sampling] == ["adder", "reverser"]
@@ -44,13 +51,19 @@ def test_fusechat_plan_runs_every_stage_in_order_with_one_server_per_source(quic
 def test_wrpo_plan_serves_the_sft_target_and_builds_quadruples(quickstart: FusionRun) -> None:
     names = [s.name for s in local_steps(_wrpo(quickstart).spec)]
     assert names[names.index("train sft") + 1 :] == [
-        "sample target", "score target", "build wrpo", "train wrpo", "evaluate",
+        "sample target",
+        "score target",
+        "build wrpo",
+        "train wrpo",
+        "evaluate",
     ]
     target = next(s for s in local_steps(_wrpo(quickstart).spec) if s.name == "sample target")
     assert target.serve == "target" and target.records == ("sample-target",)
 
 
-def test_a_step_is_done_exactly_when_its_completion_record_exists(quickstart: FusionRun, tmp_path: Path) -> None:
+def test_a_step_is_done_exactly_when_its_completion_record_exists(
+    quickstart: FusionRun, tmp_path: Path
+) -> None:
     layout = RunLayout(tmp_path)
     steps = local_steps(quickstart.spec)
     assert not any(s.done(layout) for s in steps)
@@ -58,7 +71,9 @@ def test_a_step_is_done_exactly_when_its_completion_record_exists(quickstart: Fu
     assert [s.name for s in steps if s.done(layout)] == ["sample adder"]
 
 
-def test_relative_paths_that_exist_become_absolute_and_hub_ids_stay(quickstart: FusionRun, tmp_path: Path) -> None:
+def test_relative_paths_that_exist_become_absolute_and_hub_ids_stay(
+    quickstart: FusionRun, tmp_path: Path
+) -> None:
     (tmp_path / "demo" / "models" / "adder").mkdir(parents=True)
     (tmp_path / "demo" / "data").mkdir(parents=True)
     (tmp_path / "demo" / "data" / "addition.jsonl").write_text("{}\n")
@@ -83,11 +98,20 @@ def test_storage_root_is_the_local_uri_or_runs_name(quickstart: FusionRun, tmp_p
 
 
 def test_record_summary_shows_counts_not_paths() -> None:
-    record = {"stage": "train-sft", "global_step": 12, "train_loss": 0.25, "final_model": "/x",
-              "skipped": False, "per_dataset": {"a": 3, "b": 4}}
+    record = {
+        "stage": "train-sft",
+        "global_step": 12,
+        "train_loss": 0.25,
+        "final_model": "/x",
+        "skipped": False,
+        "per_dataset": {"a": 3, "b": 4},
+    }
     assert summarize_record(record) == "global_step=12 train_loss=0.25 a=3 b=4"
-    sampled = {"datasets": {"add": {"prompts": 3, "skipped": 1}, "rev": {"prompts": 4, "skipped": 0}},
-               "shard": [0, 1], "source": "adder"}
+    sampled = {
+        "datasets": {"add": {"prompts": 3, "skipped": 1}, "rev": {"prompts": 4, "skipped": 0}},
+        "shard": [0, 1],
+        "source": "adder",
+    }
     assert summarize_record(sampled) == "prompts=7 skipped=1"
 
 

@@ -9,13 +9,15 @@ from kubefusion_operator.local.report import curve, dataset_table, render_markdo
 from kubefusion_trainer.config import FusionConfig
 from kubefusion_trainer.layout import RunLayout
 
-SPEC = FusionConfig.model_validate({
-    "target": {"model": "/m/target"},
-    "sources": [{"name": "a", "model": "/m/a"}, {"name": "b", "model": "/m/b"}],
-    "datasets": [{"name": "add", "location": "/d.jsonl", "domain": "math"}],
-    "scoring": {"rewardModel": {"model": "/m/rm"}},
-    "training": {"dpo": {}},
-})
+SPEC = FusionConfig.model_validate(
+    {
+        "target": {"model": "/m/target"},
+        "sources": [{"name": "a", "model": "/m/a"}, {"name": "b", "model": "/m/b"}],
+        "datasets": [{"name": "add", "location": "/d.jsonl", "domain": "math"}],
+        "scoring": {"rewardModel": {"model": "/m/rm"}},
+        "training": {"dpo": {}},
+    }
+)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -25,29 +27,62 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _run_folder(root: Path) -> RunLayout:
     layout = RunLayout(root)
-    _write_jsonl(layout.prompts_file("add"), [{"split": s} for s in ["sft", "sft", "pref", "pref", "pref", "eval"]])
+    _write_jsonl(
+        layout.prompts_file("add"), [{"split": s} for s in ["sft", "sft", "pref", "pref", "pref", "eval"]]
+    )
     _write_jsonl(layout.dataset_file("sft", "add"), [{}, {}])
     _write_jsonl(layout.dataset_file("dpo", "add"), [{}])
     for source, rewards in (("a", [0.1, 0.9]), ("b", [0.3])):
-        _write_jsonl(layout.score_shard("sources", source, "add", 0, 1),
-                     [{"reward": r, "correct": r > 0.5} for r in rewards])
+        _write_jsonl(
+            layout.score_shard("sources", source, "add", 0, 1),
+            [{"reward": r, "correct": r > 0.5} for r in rewards],
+        )
     state = layout.checkpoints_dir("dpo") / "checkpoint-2" / "trainer_state.json"
     state.parent.mkdir(parents=True)
-    state.write_text(json.dumps({"log_history": [
-        {"step": 1, "loss": 0.7, "rewards/margins": 0.0}, {"step": 2, "loss": 0.5, "rewards/margins": 0.4},
-        {"step": 2, "train_loss": 0.6},
-    ]}))
+    state.write_text(
+        json.dumps(
+            {
+                "log_history": [
+                    {"step": 1, "loss": 0.7, "rewards/margins": 0.0},
+                    {"step": 2, "loss": 0.5, "rewards/margins": 0.4},
+                    {"step": 2, "train_loss": 0.6},
+                ]
+            }
+        )
+    )
     layout.scorecard.parent.mkdir(parents=True)
-    layout.scorecard.write_text(json.dumps({"models": ["original", "dpo"], "datasets": {"add": {
-        "domain": "math", "prompts": 1, "accuracy": {"original": 0.0, "dpo": 1.0},
-        "mean_reward": {"original": 0.1, "dpo": 0.9}, "win_rate": {"dpo": 1.0}}}}))
+    layout.scorecard.write_text(
+        json.dumps(
+            {
+                "models": ["original", "dpo"],
+                "datasets": {
+                    "add": {
+                        "domain": "math",
+                        "prompts": 1,
+                        "accuracy": {"original": 0.0, "dpo": 1.0},
+                        "mean_reward": {"original": 0.1, "dpo": 0.9},
+                        "win_rate": {"dpo": 1.0},
+                    }
+                },
+            }
+        )
+    )
     return layout
 
 
 def test_dataset_table_counts_prompts_splits_and_rows(tmp_path: Path) -> None:
     table = dataset_table(_run_folder(tmp_path), SPEC)
-    assert table == [{"dataset": "add", "domain": "math", "prompts": 6, "splits": {"sft": 2, "pref": 3, "eval": 1},
-                      "sft": 2, "pairs": 1, "pair_kind": "dpo"}]
+    assert table == [
+        {
+            "dataset": "add",
+            "domain": "math",
+            "prompts": 6,
+            "splits": {"sft": 2, "pref": 3, "eval": 1},
+            "sft": 2,
+            "pairs": 1,
+            "pair_kind": "dpo",
+        }
+    ]
 
 
 def test_curves_read_trl_log_history() -> None:

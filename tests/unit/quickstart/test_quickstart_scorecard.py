@@ -23,10 +23,16 @@ def _row(model: str, dataset: str, pid: str, correct: bool | None, reward: float
 
 def test_scorecard_counts_accuracy_and_win_rate_against_the_original_per_dataset() -> None:
     answers = {
-        "original": [_row("original", "add", "p1", False, 0.0), _row("original", "add", "p2", True, 1.0),
-                     _row("original", "rev", "p3", False, 0.5)],
-        "dpo": [_row("dpo", "add", "p1", True, 2.0), _row("dpo", "add", "p2", True, 1.0),
-                _row("dpo", "rev", "p3", True, 0.1)],
+        "original": [
+            _row("original", "add", "p1", False, 0.0),
+            _row("original", "add", "p2", True, 1.0),
+            _row("original", "rev", "p3", False, 0.5),
+        ],
+        "dpo": [
+            _row("dpo", "add", "p1", True, 2.0),
+            _row("dpo", "add", "p2", True, 1.0),
+            _row("dpo", "rev", "p3", True, 0.1),
+        ],
     }
     card = scorecard(answers, {"add": "math", "rev": "math"})
     assert card["models"] == ["original", "dpo"]
@@ -45,7 +51,10 @@ def test_unchecked_answers_give_no_accuracy() -> None:
 
 def test_format_scorecard_prints_one_row_per_model() -> None:
     card = scorecard(
-        {"original": [_row("original", "add", "p1", False, 0.0)], "sft": [_row("sft", "add", "p1", True, 1.0)]},
+        {
+            "original": [_row("original", "add", "p1", False, 0.0)],
+            "sft": [_row("sft", "add", "p1", True, 1.0)],
+        },
         {"add": "math"},
     )
     lines = format_scorecard(card).splitlines()
@@ -56,23 +65,31 @@ def test_format_scorecard_prints_one_row_per_model() -> None:
 
 def _config(tmp_path: Path, recipe: str = "fusechat3") -> RunConfig:
     training: dict = {"dpo": {}} if recipe == "fusechat3" else {"wrpo": {"alpha": 0.5}}
-    return RunConfig.model_validate({
-        "name": "t", "storageRoot": str(tmp_path), "spec": {
-            "recipe": recipe, "target": {"model": "/m/target"},
-            "sources": [{"name": "a", "model": "/m/a"}],
-            "datasets": [{"name": "add", "location": "/d.jsonl", "domain": "math"}],
-            "scoring": {"rewardModel": {"model": "/m/rm"}}, "training": training,
-            "evaluation": {"heldOutFraction": 0.2, "maxPrompts": 2},
-        },
-    })
+    return RunConfig.model_validate(
+        {
+            "name": "t",
+            "storageRoot": str(tmp_path),
+            "spec": {
+                "recipe": recipe,
+                "target": {"model": "/m/target"},
+                "sources": [{"name": "a", "model": "/m/a"}],
+                "datasets": [{"name": "add", "location": "/d.jsonl", "domain": "math"}],
+                "scoring": {"rewardModel": {"model": "/m/rm"}},
+                "training": training,
+                "evaluation": {"heldOutFraction": 0.2, "maxPrompts": 2},
+            },
+        }
+    )
 
 
 def test_held_out_prompts_are_the_eval_split_capped_at_max_prompts(tmp_path: Path) -> None:
     config = _config(tmp_path)
     layout = RunLayout(tmp_path)
     layout.prompts_file("add").parent.mkdir(parents=True)
-    rows = [{"prompt_id": f"p{i}", "dataset": "add", "split": s, "messages": []}
-            for i, s in enumerate(["eval", "sft", "eval", "pref", "eval"])]
+    rows = [
+        {"prompt_id": f"p{i}", "dataset": "add", "split": s, "messages": []}
+        for i, s in enumerate(["eval", "sft", "eval", "pref", "eval"])
+    ]
     layout.prompts_file("add").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert [r["prompt_id"] for r in held_out_prompts(layout, config)["add"]] == ["p0", "p2"]
 
@@ -89,7 +106,9 @@ def test_models_are_the_original_then_each_finished_stage(tmp_path: Path) -> Non
     layout.final_model("sft").mkdir(parents=True)
     layout.final_model("dpo").mkdir(parents=True)
     assert models_to_evaluate(layout, config, include_sources=True) == {
-        "a": "/m/a", "original": "/m/target", "sft": str(layout.final_model("sft")),
+        "a": "/m/a",
+        "original": "/m/target",
+        "sft": str(layout.final_model("sft")),
         "dpo": str(layout.final_model("dpo")),
     }
     wrpo = _config(tmp_path, "wrpo")

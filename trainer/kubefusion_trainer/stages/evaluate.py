@@ -31,13 +31,24 @@ ORIGINAL = "original"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubefusion stage evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="the run config file (YAML or JSON)")
-    parser.add_argument("--include-sources", action="store_true",
-                        help="also evaluate the source models (sensible only when they fit this machine)")
-    parser.add_argument("--device", default="cpu", help="torch device for generation and rewards. Default cpu.")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="most tokens per answer. Default: spec.target.sampling.maxTokens.")
+    parser.add_argument(
+        "--include-sources",
+        action="store_true",
+        help="also evaluate the source models (sensible only when they fit this machine)",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="torch device for generation and rewards. Default cpu."
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="most tokens per answer. Default: spec.target.sampling.maxTokens.",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per generate call. Default 32.")
-    parser.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
+    )
     return parser
 
 
@@ -51,7 +62,9 @@ def held_out_prompts(layout: RunLayout, config: RunConfig) -> dict[str, list[dic
     for dataset in config.spec.datasets:
         path = layout.prompts_file(dataset.name)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no prepared prompts for dataset {dataset.name!r} (run prepare first)")
+            raise FileNotFoundError(
+                f"{path}: no prepared prompts for dataset {dataset.name!r} (run prepare first)"
+            )
         rows = []
         with open(path, encoding="utf-8") as handle:
             for line in handle:
@@ -86,8 +99,13 @@ def scorecard(answers: dict[str, list[dict[str, Any]]], datasets: dict[str, str]
     card: dict[str, Any] = {"models": list(answers), "datasets": {}}
     baseline = {(r["dataset"], r["prompt_id"]): r for r in answers.get(ORIGINAL, [])}
     for dataset, domain in datasets.items():
-        entry: dict[str, Any] = {"domain": domain, "prompts": 0, "accuracy": {}, "mean_reward": {},
-                                 "win_rate": {}}
+        entry: dict[str, Any] = {
+            "domain": domain,
+            "prompts": 0,
+            "accuracy": {},
+            "mean_reward": {},
+            "win_rate": {},
+        }
         for model, rows in answers.items():
             mine = [r for r in rows if r["dataset"] == dataset]
             entry["prompts"] = max(entry["prompts"], len(mine))
@@ -99,8 +117,13 @@ def scorecard(answers: dict[str, list[dict[str, Any]]], datasets: dict[str, str]
                 for row in mine:
                     base = baseline.get((dataset, row["prompt_id"]))
                     if base is not None:
-                        outcomes.append(1.0 if row["reward"] > base["reward"] else
-                                        0.5 if row["reward"] == base["reward"] else 0.0)
+                        outcomes.append(
+                            1.0
+                            if row["reward"] > base["reward"]
+                            else 0.5
+                            if row["reward"] == base["reward"]
+                            else 0.0
+                        )
                 entry["win_rate"][model] = sum(outcomes) / len(outcomes) if outcomes else None
         card["datasets"][dataset] = entry
     return card
@@ -139,8 +162,13 @@ def load_generator(path: str, device: str, chat_template: str | None) -> tuple[A
     return model, tokenizer
 
 
-def generate_answers(model: Any, tokenizer: Any, conversations: Sequence[list[dict[str, str]]],
-                     max_new_tokens: int, batch_size: int) -> list[str]:
+def generate_answers(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[list[dict[str, str]]],
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str]:
     """Greedy answers to chat prompts, batched with left padding."""
     import torch
 
@@ -158,35 +186,69 @@ def generate_answers(model: Any, tokenizer: Any, conversations: Sequence[list[di
             input_ids[row, width - len(ids) :] = torch.tensor(ids)
             attention[row, width - len(ids) :] = 1
         with torch.no_grad():
-            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id)
+            out = model.generate(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention.to(model.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad_id,
+            )
         answers += [tokenizer.decode(row[width:], skip_special_tokens=True) for row in out]
     return answers
 
 
-def score_answers(config: RunConfig, layout: RunLayout, prompts: dict[str, list[dict[str, Any]]],
-                  answers: list[str], model: str, scorers: Any) -> list[dict[str, Any]]:
+def score_answers(
+    config: RunConfig,
+    layout: RunLayout,
+    prompts: dict[str, list[dict[str, Any]]],
+    answers: list[str],
+    model: str,
+    scorers: Any,
+) -> list[dict[str, Any]]:
     """Rows with reward and correctness, judged exactly as the score stage judges sampled answers."""
     from kubefusion_trainer.stages.score import load_labels, score_records
 
     rows: list[dict[str, Any]] = []
     remaining = iter(answers)
     for dataset in config.spec.datasets:
-        records = [{"prompt_id": r["prompt_id"], "dataset": dataset.name, "messages": r["messages"],
-                    "answer": next(remaining), "source": model} for r in prompts[dataset.name]]
+        records = [
+            {
+                "prompt_id": r["prompt_id"],
+                "dataset": dataset.name,
+                "messages": r["messages"],
+                "answer": next(remaining),
+                "source": model,
+            }
+            for r in prompts[dataset.name]
+        ]
         if not records:
             continue
         scored = score_records(records, dataset.domain, load_labels(layout, dataset), scorers)  # type: ignore[arg-type]
-        rows += [{"model": model, "prompt_id": r["prompt_id"], "dataset": dataset.name, "answer": r["answer"],
-                  "correct": r["correct"], "reward": r["reward"], "reason": r["reason"]} for r in scored]
+        rows += [
+            {
+                "model": model,
+                "prompt_id": r["prompt_id"],
+                "dataset": dataset.name,
+                "answer": r["answer"],
+                "correct": r["correct"],
+                "reward": r["reward"],
+                "reason": r["reason"],
+            }
+            for r in scored
+        ]
     return rows
 
 
-def evaluate(config: RunConfig, include_sources: bool = False, device: str = "cpu",
-             max_new_tokens: int | None = None, batch_size: int = 32,
-             load_model: Callable[[str], tuple[Any, Any]] | None = None,
-             reward_loader: Any = None,
-             on_model: Callable[[str, int], None] = lambda name, n: None) -> dict[str, Any]:
+def evaluate(
+    config: RunConfig,
+    include_sources: bool = False,
+    device: str = "cpu",
+    max_new_tokens: int | None = None,
+    batch_size: int = 32,
+    load_model: Callable[[str], tuple[Any, Any]] | None = None,
+    reward_loader: Any = None,
+    on_model: Callable[[str, int], None] = lambda name, n: None,
+) -> dict[str, Any]:
     """Answer, score and compare; returns the scorecard (also written to eval/scorecard.json).
 
     load_model(path) -> (model, tokenizer) and reward_loader (the score stage's Loader) are injectable.
@@ -198,8 +260,10 @@ def evaluate(config: RunConfig, include_sources: bool = False, device: str = "cp
     prompts = held_out_prompts(layout, config)
     conversations = [record["messages"] for records in prompts.values() for record in records]
     if not conversations:
-        raise ValueError("no held-out prompts: every dataset's prepared prompts lack split 'eval' "
-                         "(is spec.evaluation set, and prepare run with it?)")
+        raise ValueError(
+            "no held-out prompts: every dataset's prepared prompts lack split 'eval' "
+            "(is spec.evaluation set, and prepare run with it?)"
+        )
     tokens = max_new_tokens or spec.target.sampling.max_tokens
     load_model = load_model or (lambda path: load_generator(path, device, spec.target.chat_template))
     scorers = Scorers(spec, device, **({"loader": reward_loader} if reward_loader else {}))
@@ -208,7 +272,9 @@ def evaluate(config: RunConfig, include_sources: bool = False, device: str = "cp
         for name, path in models_to_evaluate(layout, config, include_sources).items():
             out = layout.eval_answers(name)
             if out.exists():  # finished by an earlier run
-                results[name] = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line]
+                results[name] = [
+                    json.loads(line) for line in out.read_text(encoding="utf-8").splitlines() if line
+                ]
                 on_model(name, len(results[name]))
                 continue
             model, tokenizer = load_model(path)
@@ -234,8 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     progress = ProgressReporter("evaluate", unit="models", metrics_port=args.metrics_port)
     progress.set_total(len(models_to_evaluate(layout, config, args.include_sources)))
     try:
-        card = evaluate(config, args.include_sources, args.device, args.max_new_tokens, args.batch_size,
-                        on_model=lambda name, n: progress.advance())
+        card = evaluate(
+            config,
+            args.include_sources,
+            args.device,
+            args.max_new_tokens,
+            args.batch_size,
+            on_model=lambda name, n: progress.advance(),
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 1
@@ -243,13 +315,18 @@ def main(argv: list[str] | None = None) -> int:
         progress.close()
     print(format_scorecard(card))
     prompts = max((d["prompts"] for d in card["datasets"].values()), default=0)
-    atomic_write_json(layout.stage_record("evaluate"), {
-        "stage": "evaluate", "models": card["models"], "datasets": list(card["datasets"]),
-        "prompts_per_dataset": prompts, "scorecard": str(layout.scorecard),
-    })
+    atomic_write_json(
+        layout.stage_record("evaluate"),
+        {
+            "stage": "evaluate",
+            "models": card["models"],
+            "datasets": list(card["datasets"]),
+            "prompts_per_dataset": prompts,
+            "scorecard": str(layout.scorecard),
+        },
+    )
     return 0
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -4,7 +4,7 @@ Each answer (choice) holds one of `slots` decode slots for answer_tokens x ms_pe
 slots queue, like a continuously batching server at its batch limit. Capacity = slots / (tokens x latency).
 `max_choices` caps the choices per request (None: honour n like vLLM; 1: ignore n like transformers serve).
 `extra_choices` adds surplus choices (a misbehaving server). `fault(request_number, body)` may return an HTTP
-status as text ("500", "429" with Retry-After: 0, "422", ...), "hang" (answer only after `hang_seconds`) or
+status as text ("500", "429" with Retry-After: 0, "422", ...), "garbage" (200 with a non-JSON body), "hang" (answer only after `hang_seconds`) or
 "drop" (close the connection) to test retries. Used by benchmarks/bench_sampler.py and the sampler's fault tests.
 
 Run standalone: python benchmarks/sim_openai_server.py --slots 32 --ms-per-token 1 --answer-tokens 100
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 import itertools
 import sys
 import threading
@@ -45,6 +46,7 @@ class SimServer:
         fault: Callable[[int, dict[str, Any]], str | None] | None = None,
         hang_seconds: float = 30.0,
         keep_bodies: bool = True,
+        models: list[str] | None = None,
     ) -> None:
         self.slots = slots
         self.ms_per_token = ms_per_token
@@ -54,9 +56,10 @@ class SimServer:
         self.fault = fault
         self.hang_seconds = hang_seconds
         self.keep_bodies = keep_bodies
+        self.models = models  # what GET /v1/models lists; None: the route answers 404
         self.stats = SimStats()
         self._counter = itertools.count()
-        self._slots: asyncio.Semaphore | None = None
+        self._free_at: list[float] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -70,10 +73,11 @@ class SimServer:
         return self.slots / (self.answer_tokens * self.ms_per_token / 1000.0)
 
     async def start(self, port: int = 0) -> str:
-        self._slots = asyncio.Semaphore(self.slots)
+        self._free_at = [0.0] * self.slots  # a heap: when each slot is next free (loop time)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port)
@@ -88,10 +92,19 @@ class SimServer:
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    async def _models(self, request: web.Request) -> web.Response:
+        if self.models is None:
+            raise web.HTTPNotFound()
+        return web.json_response(
+            {"object": "list", "data": [{"id": m, "object": "model"} for m in self.models]}
+        )
+
     async def _decode_one(self) -> None:
-        assert self._slots is not None
-        async with self._slots:
-            await asyncio.sleep(self.answer_tokens * self.ms_per_token / 1000.0)
+        now = asyncio.get_running_loop().time()
+        start = max(now, heapq.heappop(self._free_at))
+        finish = start + self.answer_tokens * self.ms_per_token / 1000.0
+        heapq.heappush(self._free_at, finish)
+        await asyncio.sleep(finish - now)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         number = next(self._counter)
@@ -107,6 +120,8 @@ class SimServer:
             return web.json_response(
                 {"error": {"message": f"simulated {fault}"}}, status=int(fault), headers=headers
             )
+        if fault == "garbage":
+            return web.Response(text="<html>proxy error page</html>", content_type="text/html")
         if fault == "drop":
             assert request.transport is not None
             request.transport.close()

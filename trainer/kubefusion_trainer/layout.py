@@ -135,15 +135,16 @@ class RunLayout:
         return self.root / "state" / f"{stage}.json"
 
 
+def chunks_dir(shard_folder: Path, index: int, count: int) -> Path:
+    """Where the chunk files of shard index/count of a shard folder live."""
+    return shard_folder / "chunks" / shard_name(index, count).removesuffix(".jsonl")
+
+
 def shard_name(index: int, count: int) -> str:
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} is outside 0..{count - 1}")
     return f"shard-{index:05d}-of-{count:05d}.jsonl"
 
-
-def chunks_dir(shard_folder: Path, index: int, count: int) -> Path:
-    """Where the chunk files of shard index/count of a shard folder live."""
-    return shard_folder / "chunks" / shard_name(index, count).removesuffix(".jsonl")
 
 def parse_shard_name(name: str) -> tuple[int, int]:
     """(index, count) from a shard_name(); ValueError for any other name."""

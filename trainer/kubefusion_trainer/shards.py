@@ -3,7 +3,7 @@
 One shard folder (RunLayout.samples_dir / scores_dir) holds:
 
     shard-00000-of-00004.jsonl                    a COMPLETE shard (committed by one atomic rename)
-    chunks/shard-00001-of-00004/chunk-000000.jsonl committed pieces of a shard whose writer is still running
+    chunks/shard-00001-of-00004/chunk-000000-<writer>.jsonl  committed pieces of a shard whose writer is still running
     .<name>.<random>.tmp                          a write in flight: never read, removed on the next run
 
 Readers (the score and build stages) use only complete shards: `complete_shards`, `read_shard`,
@@ -15,15 +15,16 @@ writer asks `done_prompt_ids()` (prompt ids in every shard and chunk of the fold
 so a rerun with another --shard N still skips them) and works only on the rest; a kill loses at most the
 prompts that were not yet in a chunk. `finalize()` concatenates the chunks into the shard file (atomic), then
 removes the chunk folder; a kill between the two leaves both, and since readers only read shard files and
-`done_prompt_ids` de-duplicates, nothing is read twice. The next `finalize` (or `ShardWriter` start) cleans up.
+`done_prompt_ids` de-duplicates, nothing is read twice; the next `finalize` merges and cleans up.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import secrets
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,14 @@ from kubefusion_trainer.atomic import atomic_open
 from kubefusion_trainer.layout import chunks_dir, shard_name
 
 SHARD_PATTERN = re.compile(r"^shard-(\d{5})-of-(\d{5})\.jsonl$")
-CHUNK_PATTERN = re.compile(r"^chunk-(\d{6})\.jsonl$")
+CHUNK_PATTERN = re.compile(r"^chunk-(\d{6})-[0-9a-f]{8}\.jsonl$")
 
 
 class ShardReadError(ValueError):
     """A committed shard or chunk holds a line that is not a JSON object (names the file and line)."""
 
 
-def write_jsonl(path: str | Path, records: Iterable[dict[str, Any]]) -> int:
+def write_jsonl(path: str | Path, records: Iterable[Mapping[str, object]]) -> int:
     """Write records as JSONL atomically (temp file + fsync + rename); returns how many were written."""
     count = 0
     with atomic_open(path) as handle:
@@ -65,7 +66,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
-def write_shard(folder: str | Path, index: int, count: int, records: Iterable[dict[str, Any]]) -> Path:
+def write_shard(folder: str | Path, index: int, count: int, records: Iterable[Mapping[str, object]]) -> Path:
     """Commit a whole shard at once (e.g. prepare's existing answers); returns its path."""
     path = Path(folder) / shard_name(index, count)
     write_jsonl(path, records)
@@ -122,9 +123,8 @@ class ShardWriter:
         self.index, self.count = index, count
         self.path = self.folder / shard_name(index, count)
         self.chunks = chunks_dir(self.folder, index, count)
-        if self.is_complete():
-            shutil.rmtree(self.chunks, ignore_errors=True)  # a kill after the rename left these behind
         self._next_chunk = self._count_existing_chunks()
+        self._token = secrets.token_hex(4)  # two writers of one shard by mistake never overwrite each other
 
     def _count_existing_chunks(self) -> int:
         numbers = [int(m.group(1)) for p in self._own_chunks() if (m := CHUNK_PATTERN.match(p.name))]
@@ -145,28 +145,35 @@ class ShardWriter:
             done.update(str(r["prompt_id"]) for r in read_jsonl(path))
         return done
 
-    def commit_chunk(self, records: list[dict[str, Any]]) -> Path | None:
+    def commit_chunk(self, records: Sequence[Mapping[str, object]]) -> Path | None:
         """Atomically commit the records of whole prompts; returns the chunk path (None when empty)."""
         if not records:
             return None
-        path = self.chunks / f"chunk-{self._next_chunk:06d}.jsonl"
+        path = self.chunks / f"chunk-{self._next_chunk:06d}-{self._token}.jsonl"
         write_jsonl(path, records)
         self._next_chunk += 1
         return path
 
     def finalize(self) -> int:
-        """Assemble the chunks into the shard file (atomic), remove them; returns the shard's record count."""
-        if self.is_complete():
-            shutil.rmtree(self.chunks, ignore_errors=True)
+        """Assemble the shard file (atomic) from its previous version and the chunks, then remove the chunks.
+
+        Returns the shard's record count. A shard that is complete already gains the prompts of later chunks
+        (the prompt set grew since, e.g. a larger rowLimit). Records are de-duplicated on (prompt, sample), which
+        also covers chunks a kill left behind after the rename, and two pods given the same index by mistake.
+        """
+        chunks = self._own_chunks()
+        if self.is_complete() and not chunks:
             return len(read_jsonl(self.path))
         seen: set[tuple[str, int]] = set()
-        records = []
-        for chunk in self._own_chunks():
-            for record in read_jsonl(chunk):
-                key = (str(record["prompt_id"]), int(record.get("sample_index", 0)))
-                if key not in seen:
-                    seen.add(key)
-                    records.append(record)
-        write_jsonl(self.path, records)
+        count = 0
+        sources = ([self.path] if self.is_complete() else []) + chunks
+        with atomic_open(self.path) as out:
+            for source in sources:
+                for record in read_jsonl(source):
+                    key = (str(record["prompt_id"]), int(record.get("sample_index", 0)))
+                    if key not in seen:
+                        seen.add(key)
+                        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+                        count += 1
         shutil.rmtree(self.chunks, ignore_errors=True)
-        return len(records)
+        return count

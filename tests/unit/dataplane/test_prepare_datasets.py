@@ -123,6 +123,24 @@ def test_datasets_saved_to_disk_pick_the_configured_split(tmp_path: Path) -> Non
         prepare.run_prepare(bad)
 
 
+def test_a_folder_of_files_is_read_in_name_order_with_running_row_indices(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"prompt": "one"}, "{broken"])
+    pq.write_table(pa.Table.from_pylist([{"prompt": "three"}, {"prompt": "four"}]), folder / "b.parquet")
+    run = make_run(tmp_path, [{"name": "parts", "location": f"file://{folder}"}])
+    prepare.run_prepare(run)
+    assert [(p["row_index"], p["messages"][0]["content"]) for p in prompts_of(run, "parts")] == [
+        (0, "one"),
+        (2, "three"),
+        (3, "four"),
+    ]
+    assert [b["row"] for b in report_of(run, "parts")["broken"]] == [1]
+
+
 def test_messages_prompts_system_column_and_sharegpt_rows(tmp_path: Path) -> None:
     rows = [
         {
@@ -328,3 +346,29 @@ def test_missing_dataset_and_bad_config_fail_clearly(
     config.write_text(json.dumps({"name": "t", "storageRoot": "x", "spec": {"target": {}}}))
     assert prepare.main(["--config", str(config)]) == 2
     assert "spec.target.model" in capsys.readouterr().err
+
+
+def test_hub_locations_go_through_datasets_load_dataset_with_config_split_and_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datasets
+
+    calls = []
+
+    def load_dataset(path: str, name: str | None = None, split: str | None = None, token: str | None = None):
+        calls.append((path, name, split, token))
+        if path == "org/missing":
+            raise FileNotFoundError("Dataset 'org/missing' doesn't exist on the Hub")
+        return datasets.Dataset.from_list(ROWS[:2])  # the hub cannot be reached here: a stand-in for it
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    run = make_run(
+        tmp_path, [{"name": "hub", "location": "hf://org/name", "configName": "main", "split": "test"}]
+    )
+    prepare.run_prepare(run)
+    assert calls == [("org/name", "main", "test", "hf_secret")]
+    assert len(prompts_of(run, "hub")) == 2
+    missing = make_run(tmp_path, [{"name": "hub", "location": "hf://org/missing"}])
+    with pytest.raises(prepare.PrepareError, match="dataset hub: cannot load hf://org/missing"):
+        prepare.run_prepare(missing)

@@ -89,7 +89,8 @@ async def test_exactly_n_records_per_prompt_whatever_the_server_does_with_n(
 
 
 def flaky(number: int, body: dict) -> str | None:
-    return {0: "500", 1: "429", 2: "drop", 3: "hang", 4: "503"}.get(number % 7) if number < 60 else None
+    faults = {0: "500", 1: "429", 2: "drop", 3: "hang", 4: "503", 5: "garbage"}
+    return faults.get(number % 7) if number < 60 else None
 
 
 async def test_intermittent_500_429_drops_and_timeouts_still_deliver_every_sample(
@@ -109,10 +110,11 @@ async def test_intermittent_500_429_drops_and_timeouts_still_deliver_every_sampl
         )
         await run_job(make_job(tmp_path, prompts, n=3), ep)
         check_exactly_n(tmp_path, prompts, 3)
-        assert set(server.stats.faults) == {"500", "429", "drop", "hang", "503"}
+        assert set(server.stats.faults) == {"500", "429", "drop", "hang", "503", "garbage"}
         assert metrics.value("retries", source="a") >= sum(server.stats.faults.values())
         assert metrics.value("errors", source="a", kind="timeout") >= 1
         assert metrics.value("errors", source="a", kind="connection") >= 1
+        assert metrics.value("errors", source="a", kind="bad_response") >= 1
         assert metrics.value("samples", source="a") == 24
     finally:
         await server.stop()
@@ -192,6 +194,24 @@ async def test_finished_prompts_survive_a_failure_and_a_rerun_only_does_the_rest
         assert counts == {"prompts": 10, "skipped": 6, "sampled": 4}
         assert server.stats.requests == 4
         check_exactly_n(tmp_path, prompts, 3)
+    finally:
+        await server.stop()
+
+
+async def test_a_rerun_after_the_prompt_set_grew_samples_only_the_new_prompts(
+    tmp_path: Path, session: aiohttp.ClientSession
+) -> None:
+    prompts = make_prompts(8)
+    server = await started()
+    try:
+        await run_job(make_job(tmp_path, prompts[:5], n=2), endpoint(session, server.base_url))
+        assert server.stats.requests == 5
+        counts = await run_job(make_job(tmp_path, prompts, n=2), endpoint(session, server.base_url))
+        assert counts == {"prompts": 8, "skipped": 5, "sampled": 3}
+        assert server.stats.requests == 8
+        check_exactly_n(tmp_path, prompts, 2)
+        counts = await run_job(make_job(tmp_path, prompts, n=2), endpoint(session, server.base_url))
+        assert counts["sampled"] == 0 and server.stats.requests == 8  # complete: nothing asked again
     finally:
         await server.stop()
 

@@ -43,7 +43,7 @@ def test_a_restarted_writer_continues_numbering_and_sees_other_shard_counts(tmp_
     write_shard(tmp_path, 0, 1, records("old"))  # an earlier run with another shard count
     again = ShardWriter(tmp_path, 0, 2)
     assert again.done_prompt_ids() == {"a", "old"}
-    assert again.commit_chunk(records("b")).name == "chunk-000001.jsonl"  # type: ignore[union-attr]
+    assert again.commit_chunk(records("b")).name.startswith("chunk-000001-")  # type: ignore[union-attr]
 
 
 def test_a_kill_between_shard_rename_and_chunk_cleanup_reads_nothing_twice(tmp_path: Path) -> None:
@@ -52,8 +52,17 @@ def test_a_kill_between_shard_rename_and_chunk_cleanup_reads_nothing_twice(tmp_p
     write_shard(tmp_path, 0, 1, records("a"))  # the rename happened, the chunk folder is still there
     assert len(list(iter_folder(tmp_path))) == 2
     restarted = ShardWriter(tmp_path, 0, 1)
-    assert restarted.is_complete() and chunk_files(tmp_path) == []
+    assert restarted.is_complete() and restarted.done_prompt_ids() == {"a"}
     assert restarted.finalize() == 2
+    assert chunk_files(tmp_path) == [] and len(list(iter_folder(tmp_path))) == 2
+
+
+def test_a_complete_shard_gains_the_prompts_of_later_chunks(tmp_path: Path) -> None:
+    write_shard(tmp_path, 0, 1, [*records("a"), *records("b")])
+    writer = ShardWriter(tmp_path, 0, 1)
+    writer.commit_chunk(records("c"))
+    assert writer.finalize() == 6
+    assert [r["answer"] for r in iter_folder(tmp_path)] == ["a-0", "a-1", "b-0", "b-1", "c-0", "c-1"]
 
 
 def test_finalize_drops_a_record_committed_twice(tmp_path: Path) -> None:

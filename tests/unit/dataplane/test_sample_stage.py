@@ -44,10 +44,14 @@ def make_run(root: Path, endpoints: dict[str, str], prompts: int = 30) -> tuple[
     return run, config
 
 
-def dead_url() -> str:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+        return sock.getsockname()[1]
+
+
+def dead_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
 
 
 def prompts(run: RunConfig, dataset: str, splits: tuple[str, ...]) -> set[str]:
@@ -99,8 +103,20 @@ def test_target_phase_samples_pref_prompts_from_the_target_endpoint(tmp_path: Pa
     layout = RunLayout(run.storage_root)
     records = list(iter_folder(layout.samples_dir("target", "target", "mix")))
     assert Counter(r["prompt_id"] for r in records) == dict.fromkeys(prompts(run, "mix", ("pref",)), 2)
-    assert models == {str(layout.final_model("sft"))}
+    assert models == {str(layout.final_model("sft"))}  # no /models listing: the path transformers serve wants
     assert layout.stage_record("sample-target").exists()
+
+
+def test_target_phase_asks_for_the_model_the_endpoint_serves(tmp_path: Path) -> None:
+    with serve_in_thread(SimServer(ms_per_token=0.0, models=["target"])) as server:
+        _, config = make_run(tmp_path, {"target": server.base_url}, prompts=6)
+        assert sample.main(["--config", str(config), "--phase", "target"]) == 0
+        assert {b["model"] for b in server.stats.bodies} == {"target"}  # vLLM --served-model-name target
+    with serve_in_thread(SimServer(ms_per_token=0.0, models=["a", "b"])) as server:
+        (tmp_path / "explicit").mkdir()
+        _, config = make_run(tmp_path / "explicit", {"target": server.base_url}, prompts=6)
+        assert sample.main(["--config", str(config), "--phase", "target", "--model", "mine"]) == 0
+        assert {b["model"] for b in server.stats.bodies} == {"mine"}
 
 
 def test_a_dead_endpoint_fails_its_source_and_keeps_the_others_work(
@@ -140,10 +156,18 @@ def test_progress_and_sampler_metrics_are_counted(tmp_path: Path) -> None:
     with serve_in_thread(SimServer(ms_per_token=0.0)) as server:
         run, _ = make_run(tmp_path, {"a": server.base_url})
         args = sample.build_parser().parse_args(["--config", "x", "--source", "a"])
-        reporter = ProgressReporter("sample", show_bar=False)
+        port = free_port()
+        reporter = ProgressReporter("sample", metrics_port=port, show_bar=False)
         import asyncio
+        import urllib.request
 
-        assert asyncio.run(sample.run_sample(run, args, reporter)) == 0
+        try:
+            assert asyncio.run(sample.run_sample(run, args, reporter)) == 0
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+                scraped = response.read().decode()
+        finally:
+            reporter.close()
+    assert f'kubefusion_sample_requests_total{{source="a"}} {float(server.stats.requests)}' in scraped
     total = 3 * len(prompts(run, "mix", ("sft", "pref"))) + 2 * len(prompts(run, "only-a", ("sft", "pref")))
     value = reporter.registry.get_sample_value
     assert value("kubefusion_progress_total", {"stage": "sample"}) == total
@@ -151,3 +175,45 @@ def test_progress_and_sampler_metrics_are_counted(tmp_path: Path) -> None:
     assert value("kubefusion_sample_samples_total", {"source": "a"}) == total
     assert value("kubefusion_sample_requests_total", {"source": "a"}) == server.stats.requests
     assert value("kubefusion_sample_tokens_total", {"source": "a", "kind": "completion"}) == 16 * total
+
+
+def test_sigterm_commits_finished_prompts_and_a_rerun_completes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import subprocess_env
+    from kubefusion_trainer.shards import chunk_files
+
+    # one slot, 10 ms per answer: slow enough to be caught mid-run, with a big chunk that only SIGTERM commits
+    with serve_in_thread(SimServer(slots=1, ms_per_token=1.0, answer_tokens=10)) as server:
+        run, config = make_run(tmp_path, {"a": server.base_url}, prompts=40)
+        command = [
+            sys.executable,
+            "-m",
+            "kubefusion_operator",
+            "stage",
+            "sample",
+            "--config",
+            str(config),
+            "--source",
+            "a",
+            "--chunk-prompts",
+            "1000",
+        ]
+        process = subprocess.Popen(command, env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while server.stats.choices < 10 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 143, err
+        assert "interrupted" in err
+        folder = RunLayout(run.storage_root).samples_dir("sources", "a", "mix")
+        committed = [r for chunk in chunk_files(folder) for r in read_jsonl(chunk)]
+        assert committed, "finished prompts were not committed on SIGTERM"
+        assert set(Counter(r["prompt_id"] for r in committed).values()) == {3}
+        assert sample.main(["--config", str(config), "--source", "a"]) == 0
+    records = list(iter_folder(folder))
+    assert Counter(r["prompt_id"] for r in records) == dict.fromkeys(prompts(run, "mix", ("sft", "pref")), 3)

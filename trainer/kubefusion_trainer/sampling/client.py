@@ -26,7 +26,7 @@ import aiohttp
 from kubefusion_trainer.sampling.metrics import SampleMetrics
 from kubefusion_trainer.sampling.requests import BadResponse, Completion, parse_completion
 
-RETRYABLE_STATUS = {408, 409, 425, 429}
+RETRYABLE_STATUS = {408, 425, 429}
 
 
 class SampleError(RuntimeError):
@@ -100,7 +100,7 @@ class Endpoint:
             retry_after = None
             try:
                 async with self.slots, self.http.post(self.url, json=body, timeout=self._timeout) as response:
-                    status, text = response.status, await response.text()
+                    status, text = response.status, (await response.read()).decode("utf-8", errors="replace")
                     retry_after = _retry_after(response.headers.get("retry-after"))
                 if status == 200:
                     try:

@@ -71,7 +71,8 @@ def parse_completion(data: Any) -> Completion:
         )
     if not choices:
         raise BadResponse("response has an empty 'choices' list")
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    raw_usage = data.get("usage")
+    usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     return Completion(
         choices=choices,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),

@@ -26,6 +26,8 @@ from kubefusion_trainer.sampling.client import Endpoint
 from kubefusion_trainer.sampling.requests import request_body, sample_record
 from kubefusion_trainer.shards import ShardWriter
 
+RAMP_STEP, RAMP_PAUSE = 8, 0.001  # launching many prompts at once: pause this long every this many
+
 
 @dataclass
 class SampleJob:
@@ -67,7 +69,12 @@ async def sample_prompt(endpoint: Endpoint, job: SampleJob, prompt: PromptRecord
     while len(records) < job.n:
         missing = [i for i in range(job.n) if i not in records]
         if endpoint.honours_n is False or len(missing) == 1:
-            await asyncio.gather(*(ask(i, 1) for i in missing))
+            try:
+                async with asyncio.TaskGroup() as group:  # one failure cancels the prompt's other requests
+                    for i in missing:
+                        group.create_task(ask(i, 1))
+            except BaseExceptionGroup as errors:
+                raise errors.exceptions[0] from None
         else:
             # ask for the missing run starting at the first gap (answers fill first, first+1, ...)
             first = missing[0]
@@ -90,12 +97,6 @@ async def run_job(
 
     on_prompt_done(samples) is called as answers are done (committed ones included, at the start).
     """
-    if job.writer.is_complete():
-        job.writer.finalize()  # removes chunks a kill may have left after the rename
-        job.counts = {"prompts": len(job.prompts), "skipped": len(job.prompts), "sampled": 0}
-        if on_prompt_done is not None and job.prompts:
-            on_prompt_done(len(job.prompts) * job.n)
-        return job.counts
     done = job.writer.done_prompt_ids()
     todo = [p for p in job.prompts if p["prompt_id"] not in done]
     job.counts = {"prompts": len(job.prompts), "skipped": len(job.prompts) - len(todo), "sampled": 0}
@@ -105,27 +106,45 @@ async def run_job(
     pending_prompts = 0
     last_commit = clock()
 
-    def commit() -> None:
+    def take() -> list[SampleRecord]:
         nonlocal pending, pending_prompts, last_commit
-        job.writer.commit_chunk(pending)
+        records, pending = pending, []
         job.counts["sampled"] += pending_prompts
-        pending, pending_prompts, last_commit = [], 0, clock()
+        pending_prompts, last_commit = 0, clock()
+        return records
+
+    async def commit() -> None:
+        # in a thread: a slow fsync (network volumes) must not stall the requests in flight
+        await asyncio.to_thread(job.writer.commit_chunk, take())
 
     in_flight: set[asyncio.Task[list[SampleRecord]]] = set()
+    finished: asyncio.Queue[asyncio.Task[list[SampleRecord]]] = asyncio.Queue()  # O(1) per completion
     queue = iter(todo)
     limit = max(1, endpoint.concurrency)
     try:
         while True:
+            launched = 0
             while len(in_flight) < limit and (prompt := next(queue, None)) is not None:
-                in_flight.add(asyncio.ensure_future(sample_prompt(endpoint, job, prompt)))
+                task = asyncio.ensure_future(sample_prompt(endpoint, job, prompt))
+                task.add_done_callback(finished.put_nowait)
+                in_flight.add(task)
+                launched += 1
+                if launched % RAMP_STEP == 0:
+                    # let the first requests reach the server before hundreds of connections compete
+                    await asyncio.sleep(RAMP_PAUSE)
             if not in_flight:
                 break
-            wait = max(0.0, chunk_seconds - (clock() - last_commit))
-            finished, in_flight = await asyncio.wait(
-                in_flight, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-            )
-            failed = [t for t in finished if t.cancelled() or t.exception() is not None]
-            for task in finished:
+            ready = []
+            try:
+                async with asyncio.timeout(max(0.0, chunk_seconds - (clock() - last_commit))):
+                    ready.append(await finished.get())
+            except TimeoutError:
+                pass
+            while not finished.empty():
+                ready.append(finished.get_nowait())
+            in_flight.difference_update(ready)
+            failed = [t for t in ready if t.cancelled() or t.exception() is not None]
+            for task in ready:
                 if not task.cancelled() and task.exception() is None:
                     pending.extend(task.result())
                     pending_prompts += 1
@@ -134,7 +153,7 @@ async def run_job(
             if failed:  # finished prompts are committed below
                 raise asyncio.CancelledError() if failed[0].cancelled() else failed[0].exception()  # type: ignore[misc]
             if pending_prompts >= chunk_prompts or clock() - last_commit >= chunk_seconds:
-                commit()  # an empty commit writes nothing but restarts the clock
+                await commit()  # an empty commit writes nothing but restarts the clock
     except BaseException:
         for task in in_flight:
             task.cancel()
@@ -143,10 +162,10 @@ async def run_job(
             if task.done() and not task.cancelled() and task.exception() is None:
                 pending.extend(task.result())
                 pending_prompts += 1
-        commit()
+        job.writer.commit_chunk(take())  # synchronously: we may be being cancelled
         raise
-    commit()
-    job.writer.finalize()
+    await commit()
+    await asyncio.to_thread(job.writer.finalize)
     return job.counts
 
 

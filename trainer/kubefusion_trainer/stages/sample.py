@@ -3,21 +3,25 @@
   --phase sources   every source answers its datasets' sft + pref prompts, N = dataset.samplesPerSource;
                     endpoint RunConfig.endpoints[source name], request model = the source's `model`
   --phase target    the SFT target answers the pref prompts, N = target.samplesPerPrompt; endpoint
-                    endpoints["target"], request model = --model (default: the path of train/sft/final)
+                    endpoints["target"], request model = --model, by default the only model the endpoint
+                    lists at GET /models (vLLM), else the path of train/sft/final (transformers serve)
 Held-out (eval) prompts are never sampled. `--shard I/N` takes the prompts whose id, read as a hex number, is
 I modulo N: disjoint, deterministic subsets for the pods of an Indexed Job. Output: samples/<phase>/<model>/
 <dataset>/shard-I-of-N.jsonl (SampleRecords), committed in chunks while running (shards.py); a rerun after a
 kill at any moment skips what is committed and loses nothing.
 
 Completion records (state/): sample-<phase>-<source> per source, and sample-<phase> once every source of the
-phase is done, each with the suffix -shard-I-of-N when sharded. Exit status 1 when a source failed (its error
-names the endpoint and source; other sources still finish and keep their shards), 2 on a bad config.
+phase is done (phase target: sample-target only), each with the suffix -shard-I-of-N when sharded.
+Exit status 1 when a source failed (its error names the endpoint and source; other sources still finish and
+keep their shards), 2 on a bad config, 143 on SIGTERM (after committing every finished prompt).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -174,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model",
         default=None,
-        help="phase target: the request's model name (default: the train/sft/final path)",
+        help="phase target: the request's model name (default: the one model the endpoint lists at /models, "
+        "e.g. vLLM --served-model-name target; else the train/sft/final path, which transformers serve expects)",
     )
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port"
@@ -182,10 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def served_model(http: aiohttp.ClientSession, base_url: str) -> str | None:
+    """The model id an endpoint lists at GET /models when it lists exactly one; None when unknown."""
+    try:
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with http.get(f"{base_url.rstrip('/')}/models", timeout=timeout) as response:
+            if response.status != 200:
+                return None
+            data = await response.json(content_type=None)
+        ids = [m.get("id") for m in data.get("data", []) if isinstance(m, dict)]
+        return ids[0] if len(ids) == 1 and isinstance(ids[0], str) else None
+    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError):
+        return None
+
+
 async def run_sample(run: RunConfig, args: argparse.Namespace, reporter: ProgressReporter) -> int:
     phase: Phase = args.phase
     layout = RunLayout(run.storage_root)
-    jobs = plan_jobs(run, phase, args.shard, args.sources, args.model)
+    target_model = args.model
+    if phase == "target" and target_model is None and run.endpoints.get(TARGET_MODEL_NAME):
+        async with aiohttp.ClientSession() as http:
+            target_model = await served_model(http, run.endpoints[TARGET_MODEL_NAME])
+    jobs = plan_jobs(run, phase, args.shard, args.sources, target_model)
     metrics = SampleMetrics(reporter.registry)
     reporter.set_total(sum(len(job.prompts) * job.n for job in jobs))
     retry = RetryPolicy(max_attempts=args.max_attempts)
@@ -206,6 +229,12 @@ async def run_sample(run: RunConfig, args: argparse.Namespace, reporter: Progres
                 retry=retry,
                 metrics=metrics,
             )
+        # SIGTERM (pod deletion, preemption): cancel, which commits every finished prompt before exiting
+        loop = asyncio.get_running_loop()
+        current = asyncio.current_task()
+        assert current is not None
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread / not POSIX
+            loop.add_signal_handler(signal.SIGTERM, current.cancel)
         results = await run_jobs(jobs, endpoints, reporter.advance, args.chunk_prompts, args.chunk_seconds)
     failed: dict[str, list[str]] = {}
     counts: dict[str, dict[str, Any]] = {}
@@ -252,5 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     except PlanError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print("interrupted: finished prompts are committed; rerun to continue", file=sys.stderr)
+        return 143
     finally:
         reporter.close()

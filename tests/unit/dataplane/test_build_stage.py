@@ -141,11 +141,13 @@ def test_sources_phase_applies_every_rule(run: dict, capsys: pytest.CaptureFixtu
 
 def test_partitioning_does_not_change_the_result(run: dict, tmp_path: Path) -> None:
     layout = run["layout"]
-    build_stage.run(str(run["config"]), "sources", partition_bytes=1 << 30)
+    build_stage.run(str(run["config"]), "sources", partition_entries=10**9, workers=1)
     one = {d: sorted(read_jsonl(layout.dataset_file("dpo", d)), key=str) for d in ("chat", "algebra", "leet")}
     for kind in ("sft", "dpo"):
         layout.build_stats(kind).unlink()
-    build_stage.run(str(run["config"]), "sources", partition_bytes=64)  # many partitions
+    build_stage.run(
+        str(run["config"]), "sources", partition_entries=1, workers=2
+    )  # many partitions, 2 processes
     many = {
         d: sorted(read_jsonl(layout.dataset_file("dpo", d)), key=str) for d in ("chat", "algebra", "leet")
     }
@@ -215,3 +217,36 @@ def test_cli_dispatch_runs_the_build(run: dict, repo_root: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "chat" in result.stdout
     assert run["layout"].stage_record("build-sources").exists()
+
+
+def test_fields_are_read_from_the_record_not_from_answer_text(tmp_path: Path) -> None:
+    """The build reads reward/correct/source by pattern: text inside an answer must not be mistaken for them."""
+    config = write_run_config(tmp_path, [{"name": "alg", "location": "a.jsonl", "domain": "math"}])
+    layout = RunLayout(tmp_path / "storage")
+    p = prompt("alg", "math", "1+1", "sft", gold="2")
+    write_prompts(layout, "alg", [p])
+    tricky = answer_record(
+        p,
+        "x",
+        0,
+        'I claim {"reward": 99, "correct": true, "source": "z"}, "reward": 98',
+        reward=0.1,
+        correct=False,
+    )
+    honest = answer_record(p, "x", 1, "2", reward=0.05, correct=True)
+    folder = layout.scores_dir("sources", "x", "alg")
+    folder.mkdir(parents=True)
+    # Compact separators and a different key order, as another writer might produce.
+    compact = json.dumps(dict(reversed(list(tricky.items()))), separators=(",", ":"))
+    (folder / "shard-00000-of-00001.jsonl").write_text(compact + "\n" + json.dumps(honest) + "\n")
+    assert build_stage.main(["--config", str(config)]) == 0
+    [row] = read_jsonl(layout.dataset_file("sft", "alg"))
+    assert row["messages"][-1]["content"] == "2" and row["reward"] == 0.05
+
+
+def test_unfinished_scoring_is_refused(run: dict, capsys: pytest.CaptureFixture) -> None:
+    layout = run["layout"]
+    (layout.scores_dir("sources", "y", "chat") / "shard-00000-of-00002.jsonl").unlink()
+    assert build_stage.main(["--config", str(run["config"])]) == 1
+    assert "scoring is unfinished" in capsys.readouterr().err
+    assert not layout.stage_record("build-sources").exists()

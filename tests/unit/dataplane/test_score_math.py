@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from kubefusion_trainer.scoring.math_check import MathChecker, check_math, final_text_answer
+from kubefusion_trainer.scoring.math_check import MathChecker, check_chunk, check_math, final_text_answer
 
 CASES = [
     # (gold, answer, correct)
@@ -44,10 +46,17 @@ def test_checker_pool_matches_direct_checks() -> None:
     assert [r[0] for r in results] == [c for _, _, c in CASES]
 
 
-def test_checker_recovers_when_a_worker_dies(monkeypatch: pytest.MonkeyPatch) -> None:
+def dying_checker(pairs: list[tuple[str, str]], timeout_seconds: int) -> list[tuple[bool, str]]:
+    """Runs in the worker: exits the process on the gold label "die" (like a crash inside sympy)."""
+    if any(gold == "die" for gold, _ in pairs):
+        os._exit(3)
+    return check_chunk(pairs, timeout_seconds)
+
+
+def test_checker_recovers_when_a_worker_dies() -> None:
     """A chunk whose worker dies is marked incorrect; the chunks after it still get checked."""
-    with MathChecker(workers=1, chunk_size=1) as checker:
-        pairs = [("1", "\\boxed{1}"), ("__die__", "x"), ("2", "\\boxed{2}")]
+    with MathChecker(workers=1, chunk_size=1, chunk_checker=dying_checker) as checker:
+        pairs = [("1", "\\boxed{1}"), ("die", "x"), ("2", "\\boxed{2}")]
         results = checker.check_many(pairs)
     assert [r[0] for r in results] == [True, False, True]
     assert "crashed" in results[1][1]

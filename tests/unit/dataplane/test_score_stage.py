@@ -75,6 +75,7 @@ def scored(layout: RunLayout, dataset: str, model: str = "x", phase: str = "sour
     return sorted(rows, key=lambda r: r["sample_index"])
 
 
+@pytest.mark.slow
 def test_score_stage_through_the_cli(run: dict, repo_root: Path) -> None:
     result = subprocess.run(
         [
@@ -166,3 +167,11 @@ def test_target_phase_scores_the_target_samples(run: dict) -> None:
     assert summary["answers"] == 3
     assert [r["answer"] for r in scored(layout, "chat", "target", "target")] == ["t0", "t1", "t2"]
     assert not layout.scores_dir("sources", "x", "chat").exists()
+
+
+def test_unfinished_sampling_is_refused(run: dict, capsys: pytest.CaptureFixture) -> None:
+    layout = run["layout"]
+    (layout.samples_dir("sources", "x", "leet") / "shard-00001-of-00002.jsonl").unlink()
+    assert score_stage.main(["--config", str(run["config"])]) == 1
+    assert "sampling is unfinished" in capsys.readouterr().err
+    assert not layout.stage_record("score-sources").exists()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 CORRECTNESS_DOMAINS = ("math", "code")
 SLACK = 1e-9
@@ -34,13 +35,13 @@ EQUAL = "equal rewards"
 REASON_PRIORITY = (MARGIN, EQUAL, NO_INCORRECT, SINGLE, NO_CORRECT, ALL_FAILED, NO_ANSWERS)
 
 
-@dataclass(frozen=True)
-class Answer:
+class Answer(NamedTuple):  # a tuple: millions are made per build
     source: str
     sample_index: int
     text: str
     reward: float
     correct: bool | None = None
+    ref: Any = None  # opaque: where the I/O layer finds the full record
 
 
 @dataclass(frozen=True)

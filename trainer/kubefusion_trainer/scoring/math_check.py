@@ -14,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import multiprocessing
 import re
+from collections.abc import Callable
 
 MATH_CHARS = re.compile(r"[\d\\^$=+*/{}()]")
 BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -68,16 +69,10 @@ def _check_text(gold: str, answer: str) -> tuple[bool, str]:
     return False, f"final answer {final[:40]!r} != gold {gold[:40]!r} (text)"
 
 
-DIE_MARKER = "__die__"  # a gold label that makes the worker exit: lets tests exercise pool recovery
-
-
-def _check_chunk(pairs: list[tuple[str, str]], timeout_seconds: int) -> list[tuple[bool, str]]:
+def check_chunk(pairs: list[tuple[str, str]], timeout_seconds: int) -> list[tuple[bool, str]]:
+    """Check a list of (gold, answer) pairs; what a worker process runs."""
     out = []
     for gold, answer in pairs:
-        if gold == DIE_MARKER:
-            import os
-
-            os._exit(3)
         try:
             out.append(check_math(gold, answer, timeout_seconds))
         except Exception as exc:  # math-verify raises on some inputs even with raise_on_error=False
@@ -85,10 +80,20 @@ def _check_chunk(pairs: list[tuple[str, str]], timeout_seconds: int) -> list[tup
     return out
 
 
+ChunkChecker = Callable[[list[tuple[str, str]], int], list[tuple[bool, str]]]
+
+
 class MathChecker:
     """check_many((gold, answer) pairs) -> [(correct, reason)], in `workers` processes."""
 
-    def __init__(self, workers: int = 1, timeout_seconds: int = 5, chunk_size: int = 64) -> None:
+    def __init__(
+        self,
+        workers: int = 1,
+        timeout_seconds: int = 5,
+        chunk_size: int = 64,
+        chunk_checker: ChunkChecker = check_chunk,
+    ) -> None:
+        self.chunk_checker = chunk_checker  # a module-level function (it is sent to worker processes)
         self.workers = workers
         self.timeout_seconds = timeout_seconds
         self.chunk_size = chunk_size
@@ -106,7 +111,9 @@ class MathChecker:
         results: list[tuple[bool, str]] = []
         done = 0
         while done < len(chunks):
-            pending = [self._executor().submit(_check_chunk, c, self.timeout_seconds) for c in chunks[done:]]
+            pending = [
+                self._executor().submit(self.chunk_checker, c, self.timeout_seconds) for c in chunks[done:]
+            ]
             for future in pending:
                 chunk = chunks[done]
                 # Backstop: math-verify times out each parse/verify itself; 3 calls per pair, plus start-up.

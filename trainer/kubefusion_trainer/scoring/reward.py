@@ -67,17 +67,20 @@ class RewardScorer:
         model, tokenizer = loader(config, device)
         return cls(model, tokenizer, config.batch_size, config.max_length, device)
 
-    def encode(self, conversation: Sequence[Message]) -> tuple[list[int], bool]:
-        text = self.tokenizer.apply_chat_template(list(conversation), tokenize=False)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.max_length:
-            return ids[: self.max_length], True
-        return ids, False
+    def encode(self, conversations: Sequence[Sequence[Message]]) -> list[tuple[list[int], bool]]:
+        """Token ids per conversation (cut to max_length) and whether it was cut; one tokenizer call."""
+        if not conversations:
+            return []
+        texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False) for c in conversations]
+        all_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [
+            (ids[: self.max_length], True) if len(ids) > self.max_length else (ids, False) for ids in all_ids
+        ]
 
     def score(self, conversations: Sequence[Sequence[Message]]) -> list[RewardResult]:
         import torch
 
-        encoded = [self.encode(c) for c in conversations]
+        encoded = self.encode(conversations)
         order = list(range(len(encoded)))
         if self.sort_by_length:
             order.sort(key=lambda i: len(encoded[i][0]))

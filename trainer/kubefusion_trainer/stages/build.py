@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from contextlib import ExitStack
@@ -18,23 +19,29 @@ from typing import Any
 
 from kubefusion_trainer.atomic import atomic_open, atomic_write_json
 from kubefusion_trainer.building.build import (
-    SOURCE_TAG,
-    TARGET_TAG,
-    BuildInputError,
     DatasetStats,
     SourcesPlan,
-    build_sources,
-    build_wrpo,
-    partition,
     remove_scratch,
+    run_partitions,
+    sources_task,
+    wrpo_task,
 )
+from kubefusion_trainer.building.index import SOURCE_TAG, TARGET_TAG, BuildInputError, partition
 from kubefusion_trainer.config import DatasetConfig, FusionConfig, load_run_config
 from kubefusion_trainer.layout import TARGET_MODEL_NAME, DataKind, Phase, RunLayout
+from kubefusion_trainer.shards import complete_shards, missing_shards
 
 
 def score_files(layout: RunLayout, phase: Phase, model: str, dataset: str) -> list[Path]:
+    """The score shards of one model and dataset; an error while the set is unfinished."""
     folder = layout.scores_dir(phase, model, dataset)
-    return sorted(folder.glob("shard-*.jsonl")) if folder.is_dir() else []
+    missing = missing_shards(folder)
+    if missing:
+        raise BuildInputError(
+            f"{folder}: scoring is unfinished ({len(missing)} shards missing, e.g. {missing[0]}); "
+            "finish `kubefusion stage score` first"
+        )
+    return complete_shards(folder)
 
 
 def source_models(spec: FusionConfig, dataset: DatasetConfig) -> list[str]:
@@ -67,7 +74,7 @@ def _stats_entries(layout: RunLayout, kind: DataKind) -> dict[str, Any]:
 
 
 def build_dataset_sources(
-    layout: RunLayout, spec: FusionConfig, dataset: DatasetConfig, partition_bytes: int
+    layout: RunLayout, spec: FusionConfig, dataset: DatasetConfig, partition_entries: int, workers: int
 ) -> DatasetStats:
     inputs = [
         (SOURCE_TAG, f)
@@ -88,7 +95,7 @@ def build_dataset_sources(
         (spec.scoring.margin.min, spec.scoring.margin.max),
     )
     try:
-        parts = partition(inputs, scratch, partition_bytes)
+        parts = partition(inputs, scratch, partition_entries, workers)
         with ExitStack() as stack:
             sft_out = stack.enter_context(atomic_open(layout.dataset_file("sft", dataset.name)))
             dpo_out = (
@@ -96,13 +103,15 @@ def build_dataset_sources(
                 if dataset.sft_only
                 else stack.enter_context(atomic_open(layout.dataset_file("dpo", dataset.name)))
             )
-            return build_sources(plan, parts, splits.get, sft_out, dpo_out)
+            outputs = {"sft": sft_out} if dpo_out is None else {"sft": sft_out, "dpo": dpo_out}
+            task = sources_task(plan, [path for _, path in inputs], splits.get)
+            return run_partitions(task, parts, outputs, scratch, workers)
     finally:
         remove_scratch(scratch)
 
 
 def build_dataset_wrpo(
-    layout: RunLayout, spec: FusionConfig, dataset: DatasetConfig, partition_bytes: int
+    layout: RunLayout, spec: FusionConfig, dataset: DatasetConfig, partition_entries: int, workers: int
 ) -> DatasetStats:
     target = [(TARGET_TAG, f) for f in score_files(layout, "target", TARGET_MODEL_NAME, dataset.name)]
     if not target:
@@ -117,9 +126,10 @@ def build_dataset_wrpo(
     splits = load_splits(layout, dataset.name)
     scratch = layout.scratch_dir(f"build-target-{dataset.name}")
     try:
-        parts = partition(target + sources, scratch, partition_bytes)
+        parts = partition(target + sources, scratch, partition_entries, workers)
         with atomic_open(layout.dataset_file("wrpo", dataset.name)) as out:
-            return build_wrpo(dataset.name, dataset.domain, parts, splits.get, out)
+            task = wrpo_task(dataset.name, dataset.domain, [path for _, path in target + sources], splits.get)
+            return run_partitions(task, parts, {"wrpo": out}, scratch, workers)
     finally:
         remove_scratch(scratch)
 
@@ -141,7 +151,9 @@ def format_table(rows: dict[str, dict[str, Any]], phase: Phase) -> str:
     )
 
 
-def run(config_path: str, phase: Phase, partition_bytes: int = 32 << 20) -> dict[str, Any]:
+def run(
+    config_path: str, phase: Phase, partition_entries: int = 1_000_000, workers: int = 2
+) -> dict[str, Any]:
     config = load_run_config(config_path)
     spec, layout = config.spec, RunLayout(config.storage_root)
     started = time.monotonic()
@@ -156,7 +168,7 @@ def run(config_path: str, phase: Phase, partition_bytes: int = 32 << 20) -> dict
             done[dataset.name] = recorded[primary][dataset.name]  # built by an earlier run
             continue
         build = build_dataset_sources if phase == "sources" else build_dataset_wrpo
-        stats = build(layout, spec, dataset, partition_bytes).as_dict()
+        stats = build(layout, spec, dataset, partition_entries, workers).as_dict()
         for kind in kinds:  # the primary kind last: its entry marks the dataset as done
             if kind == "dpo" and dataset.sft_only:
                 continue
@@ -180,10 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="sources: SFT data and DPO pairs; target: WRPO quadruples. Default sources.",
     )
     parser.add_argument(
-        "--partition-mb",
+        "--partition-answers",
         type=int,
-        default=32,
-        help="Input megabytes per in-memory partition (peak memory grows with it). Default 32.",
+        default=1_000_000,
+        help="About this many answers per in-memory partition (peak memory grows with it). Default 1000000.",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="Processes for both passes (1: all in this process). Default min(2, CPUs).",
     )
     return parser
 
@@ -191,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        run(args.config, args.phase, args.partition_mb << 20)
+        run(args.config, args.phase, args.partition_answers, max(1, args.workers))
     except (BuildInputError, OSError, ValueError) as exc:
         print(f"build: error: {exc}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubefusion_trainer.atomic import atomic_open, atomic_write_json
+from kubefusion_trainer.atomic import atomic_write_json
 from kubefusion_trainer.config import DatasetConfig, FusionConfig, load_run_config
 from kubefusion_trainer.layout import TARGET_MODEL_NAME, Phase, RunLayout, parse_shard_name
 from kubefusion_trainer.records import SampleRecord, ScoredRecord
@@ -27,6 +27,7 @@ from kubefusion_trainer.scoring.code_extract import TestFormatError, extract_cod
 from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, SandboxLimits
 from kubefusion_trainer.scoring.math_check import MathChecker
 from kubefusion_trainer.scoring.reward import Loader, RewardScorer, load_reward_model
+from kubefusion_trainer.shards import complete_shards, missing_shards, write_jsonl
 
 
 class InputError(ValueError):
@@ -104,9 +105,15 @@ def plan_units(spec: FusionConfig, layout: RunLayout, phase: Phase) -> list[Unit
 
 
 def sample_shards(layout: RunLayout, phase: Phase, model: str, dataset: str) -> list[Path]:
-    """The finished sample shards of one model and dataset (the one place that knows how they are stored)."""
+    """The committed sample shards of one model and dataset; an error while the set is unfinished."""
     folder = layout.samples_dir(phase, model, dataset)
-    return sorted(folder.glob("shard-*.jsonl")) if folder.is_dir() else []
+    missing = missing_shards(folder)
+    if missing:
+        raise InputError(
+            f"{folder}: sampling is unfinished ({len(missing)} shards missing, e.g. {missing[0]}); "
+            "finish `kubefusion stage sample` first"
+        )
+    return complete_shards(folder)
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -131,6 +138,10 @@ def read_sample_shard(path: Path) -> list[SampleRecord]:
                 raise InputError(f"{path}:{number}: field {key!r} must be a {kind.__name__}")
         records.append(record)
     return records  # type: ignore[return-value]
+
+
+def write_score_shard(path: Path, records: list[ScoredRecord]) -> None:
+    write_jsonl(path, records)  # type: ignore[arg-type]
 
 
 def load_labels(layout: RunLayout, dataset: DatasetConfig) -> dict[str, tuple[Any, Any]]:
@@ -250,9 +261,7 @@ def run(args: argparse.Namespace, loader: Loader = load_reward_model) -> dict[st
                     labels_cache[unit.dataset.name] = load_labels(layout, unit.dataset)
                 records = read_sample_shard(unit.sample_shard)
                 scored = score_records(records, unit.dataset.domain, labels_cache[unit.dataset.name], scorers)
-                with atomic_open(unit.score_shard) as handle:
-                    for record in scored:
-                        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+                write_score_shard(unit.score_shard, scored)
                 scorers.counts["shards_scored"] += 1
                 scorers.counts["answers"] += len(scored)
             progress.advance()

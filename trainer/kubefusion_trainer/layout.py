@@ -11,8 +11,9 @@ outputs and the single-machine runner all ask a RunLayout.
       scores/<phase>/<model>/<dataset>/     scored shards (score)
       data/<kind>/<dataset>.jsonl           sft | dpo | wrpo training sets (build)
       data/<kind>/stats.json                rows, pairs and drops per dataset
-      train/<stage>/checkpoints/            checkpoint-<step>/ folders (train)
+      train/<stage>/checkpoints/            checkpoint-<step>/ folders (train); COMPLETE marks a whole one
       train/<stage>/final/                  save_pretrained output the next stage reads
+      train/<stage>/.final.staging/         the final model while it is written (renamed to final/)
       train/<stage>/deepspeed.json          the DeepSpeed config the stage ran with
       eval/answers/<model>.jsonl            held-out answers, correctness and rewards per model (evaluate)
       eval/scorecard.json                   accuracy and win rate per dataset and model (evaluate)
@@ -92,6 +93,10 @@ class RunLayout:
 
     def final_model(self, stage: TrainStage) -> Path:
         return self.train_dir(stage) / "final"
+
+    def final_model_staging(self, stage: TrainStage) -> Path:
+        """Where the final model is written before its atomic rename to final_model(stage)."""
+        return self.train_dir(stage) / ".final.staging"
 
     def deepspeed_config(self, stage: TrainStage) -> Path:
         return self.train_dir(stage) / "deepspeed.json"

@@ -63,3 +63,40 @@ def test_deepspeed_config_leaves_batch_arithmetic_to_the_trainer(stage: int, bf1
     assert config["zero_optimization"]["stage"] == stage
     gathers = config["zero_optimization"].get("stage3_gather_16bit_weights_on_model_save")
     assert gathers is (True if stage == 3 else None)
+
+
+def test_training_arguments_follow_the_spec_and_the_launch() -> None:
+    from pathlib import Path
+
+    from kubefusion_trainer.training.runner import training_arguments
+    from kubefusion_trainer.training.topology import Topology
+
+    hp = SftConfig(
+        globalBatchSize=32,
+        microBatchSize=2,
+        warmupRatio=1.0,
+        checkpointInterval=50,
+        resources={"zeroStage": 3},
+    )
+    two_cpus = training_arguments(
+        hp, Path("/ckpt"), Topology(world_size=2, rank=0, local_rank=0), on_gpu=False
+    )
+    assert two_cpus["gradient_accumulation_steps"] == 8 and two_cpus["per_device_train_batch_size"] == 2
+    assert two_cpus["ddp_backend"] == "gloo" and two_cpus["use_cpu"] and not two_cpus["bf16"]
+    assert two_cpus["deepspeed"]["zero_optimization"]["stage"] == 3
+    assert two_cpus["save_steps"] == 50 and two_cpus["output_dir"] == "/ckpt"
+    assert two_cpus["warmup_steps"] < 1  # a ratio, never read as "1 step"
+    one_gpu = training_arguments(
+        SftConfig(globalBatchSize=32, resources={"zeroStage": 0}), Path("/c"), Topology(1, 0, 0), on_gpu=True
+    )
+    assert one_gpu["bf16"] and one_gpu["activation_checkpointing"] and "deepspeed" not in one_gpu
+    assert "ddp_backend" not in one_gpu and one_gpu["gradient_accumulation_steps"] == 32
+
+
+def test_single_process_rendezvous_fills_only_what_is_missing() -> None:
+    from kubefusion_trainer.training.runner import single_process_rendezvous
+
+    env = {"MASTER_ADDR": "10.0.0.1"}
+    single_process_rendezvous(env)
+    assert env["RANK"] == "0" and env["WORLD_SIZE"] == "1" and env["MASTER_ADDR"] == "10.0.0.1"
+    assert 0 < int(env["MASTER_PORT"]) < 65536

@@ -43,14 +43,15 @@ def train(
     from kubefusion_trainer.training.runner import run_stage
 
     run = load_run_config(config_path)
-    return run_stage(
-        run,
-        stage,
-        trainer_factory(stage),
-        data_kind=stage,
-        metrics_port=metrics_port,  # type: ignore[arg-type]
-        callbacks=callbacks,
-    )
+    return run_stage(run, stage, trainer_factory(stage), metrics_port=metrics_port, callbacks=callbacks)  # type: ignore[arg-type]
+
+
+def _leave_process_group() -> None:
+    """Shut the process group down cleanly (torchrun and DeepSpeed runs) so ranks exit together."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, DataError, FileNotFoundError, ValueError) as exc:
         print(f"kubefusion stage train --stage {args.stage}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        _leave_process_group()
     done = "already complete" if record.get("skipped") else "complete"
     print(f"train-{args.stage} {done}: {record['global_step']} steps, model at {record['final_model']}")
     return 0

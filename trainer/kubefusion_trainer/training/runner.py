@@ -6,6 +6,7 @@ the rest, the same way for all three, single process or under torchrun.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -104,7 +105,7 @@ def training_arguments(
         "bf16": on_gpu,
         "use_cpu": not on_gpu,
         # Needed for 8B models on GPUs; on CPU (tiny models) it only costs time.
-        "gradient_checkpointing": on_gpu,
+        "activation_checkpointing": on_gpu,
     }
     if not on_gpu and topology.world_size > 1:
         args["ddp_backend"] = "gloo"
@@ -146,71 +147,90 @@ def _barrier() -> None:
 TrainerFactory = Callable[[StageContext], Any]
 
 
-def run_stage(
-    run: RunConfig,
-    stage: TrainStage,
-    build_trainer: TrainerFactory,
-    data_kind: str,
-    metrics_port: int | None = None,
-    callbacks: list[Any] | None = None,
-    on_gpu: bool | None = None,
-) -> dict[str, Any]:
-    """Train one stage to completion (resuming from the latest complete checkpoint) and publish it."""
+def prepare_stage(
+    run: RunConfig, stage: TrainStage, callbacks: list[Any] | None = None, on_gpu: bool | None = None
+) -> StageContext:
+    """Read the spec, the environment and the stage's data into a StageContext (no side effects on storage
+    beyond starting the process group DeepSpeed needs)."""
     import torch
 
-    from kubefusion_trainer.progress import ProgressReporter
     from kubefusion_trainer.training.data import load_training_dataset
-    from kubefusion_trainer.training.metrics import MetricsCallback
 
     layout = RunLayout(run.storage_root)
-    record_path = layout.stage_record(f"train-{stage}")
-    final = layout.final_model(stage)
-    if record_path.is_file() and (final / "config.json").is_file():
-        import json
-
-        return {**json.loads(record_path.read_text(encoding="utf-8")), "skipped": True}
-
     hp = stage_hyperparameters(run, stage)
     if hp.resources.zero_stage and "WORLD_SIZE" not in os.environ:
         single_process_rendezvous(os.environ)  # DeepSpeed wants a process group even for one process
     topology = detect_topology()
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     args = training_arguments(hp, layout.checkpoints_dir(stage), topology, on_gpu)
+    model_path = start_model(run, layout, stage)
+    dataset = load_training_dataset(layout, stage, [d.name for d in run.spec.datasets])
     if "deepspeed" in args:
         import deepspeed
 
         # Accelerate starts torch.distributed itself on CPU, but DeepSpeed's own comm layer (which sizes
         # ZeRO-3's partitions and checks the batch arithmetic) must know the process group too.
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo", verbose=False)
-    model_path = start_model(run, layout, stage)
-    staging = final.with_name(f".{final.name}.staging")
-    if topology.is_main:
-        remove_incomplete_checkpoints(layout.checkpoints_dir(stage))
+    return StageContext(
+        run=run,
+        stage=stage,
+        layout=layout,
+        hp=hp,
+        topology=topology,
+        on_gpu=on_gpu,
+        model_path=model_path,
+        tokenizer=load_tokenizer(model_path, run.spec.target.chat_template),
+        dataset=dataset,
+        args=args,
+        callbacks=[CheckpointMarkerCallback(), *(callbacks or [])],
+    )
+
+
+def completed_record(run: RunConfig, stage: TrainStage) -> dict[str, Any] | None:
+    """The completion record of a stage whose final model is in place, else None."""
+    layout = RunLayout(run.storage_root)
+    record = layout.stage_record(f"train-{stage}")
+    if record.is_file() and (layout.final_model(stage) / "config.json").is_file():
+        return json.loads(record.read_text(encoding="utf-8"))
+    return None
+
+
+def run_stage(
+    run: RunConfig,
+    stage: TrainStage,
+    build_trainer: TrainerFactory,
+    metrics_port: int | None = None,
+    callbacks: list[Any] | None = None,
+    on_gpu: bool | None = None,
+) -> dict[str, Any]:
+    """Train one stage to completion (resuming from the latest complete checkpoint) and publish it.
+
+    A stage that already completed is not trained again (its record comes back with skipped=True).
+    """
+    from kubefusion_trainer.progress import ProgressReporter
+    from kubefusion_trainer.training.metrics import MetricsCallback
+
+    done = completed_record(run, stage)
+    if done is not None:
+        return {**done, "skipped": True}
+    ctx = prepare_stage(run, stage, callbacks, on_gpu)
+    layout, final = ctx.layout, ctx.layout.final_model(stage)
+    checkpoints = layout.checkpoints_dir(stage)
+    staging = layout.final_model_staging(stage)
+    if ctx.topology.is_main:
+        remove_incomplete_checkpoints(checkpoints)
         shutil.rmtree(staging, ignore_errors=True)
-        if "deepspeed" in args:
-            atomic_write_json(layout.deepspeed_config(stage), args["deepspeed"])
-    resume = latest_complete_checkpoint(layout.checkpoints_dir(stage))
+        if "deepspeed" in ctx.args:
+            atomic_write_json(layout.deepspeed_config(stage), ctx.args["deepspeed"])
+    _barrier()  # nobody looks for checkpoints while rank 0 clears the unfinished ones
+    resume = latest_complete_checkpoint(checkpoints)
 
     reporter = None
-    stage_callbacks: list[Any] = [CheckpointMarkerCallback(), *(callbacks or [])]
-    if topology.is_main:
+    if ctx.topology.is_main:
         reporter = ProgressReporter(f"train-{stage}", unit="steps", metrics_port=metrics_port)
-        stage_callbacks.append(MetricsCallback(reporter))
+        ctx.callbacks.append(MetricsCallback(reporter))
     try:
-        context = StageContext(
-            run=run,
-            stage=stage,
-            layout=layout,
-            hp=hp,
-            topology=topology,
-            on_gpu=on_gpu,
-            model_path=model_path,
-            tokenizer=load_tokenizer(model_path, run.spec.target.chat_template),
-            dataset=load_training_dataset(layout, data_kind, [d.name for d in run.spec.datasets]),  # type: ignore[arg-type]
-            args=args,
-            callbacks=stage_callbacks,
-        )
-        trainer = build_trainer(context)
+        trainer = build_trainer(ctx)
         started = time.monotonic()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         trainer.save_model(str(staging))  # every rank: ZeRO-3 gathers the weights for rank 0
@@ -221,17 +241,17 @@ def run_stage(
             "max_steps": trainer.state.max_steps,
             "resumed_from_step": checkpoint_step(resume) if resume else None,
             "train_loss": result.training_loss,
-            "examples": len(context.dataset),
-            "world_size": topology.world_size,
-            "gradient_accumulation_steps": args["gradient_accumulation_steps"],
-            "global_batch_size": hp.global_batch_size,
-            "deepspeed_zero_stage": hp.resources.zero_stage,
+            "examples": len(ctx.dataset),
+            "world_size": ctx.topology.world_size,
+            "gradient_accumulation_steps": ctx.args["gradient_accumulation_steps"],
+            "global_batch_size": ctx.hp.global_batch_size,
+            "deepspeed_zero_stage": ctx.hp.resources.zero_stage,
             "seconds": round(time.monotonic() - started, 3),
             "final_model": str(final),
         }
-        if topology.is_main:
+        if ctx.topology.is_main:
             publish_directory(staging, final)
-            atomic_write_json(record_path, record)
+            atomic_write_json(layout.stage_record(f"train-{stage}"), record)
         _barrier()
         return record
     finally:

@@ -18,7 +18,7 @@ from datasets import Dataset
 from transformers.data.data_collator import DataCollatorMixin
 from trl import DPOConfig, DPOTrainer
 from trl.data_utils import _tokenize, common_prefix_length
-from trl.trainer.utils import pad
+from trl.trainer.utils import add_fused_lm_head, pad
 
 from kubefusion_trainer.training.losses import alpha_at, wrpo_loss
 
@@ -107,6 +107,9 @@ class WRPOTrainer(DPOTrainer):
                 pad_token_id=tokenizer.pad_token_id, max_length=training_args.max_length
             )
         super().__init__(*args, **kwargs)
+        # DPOTrainer's fused LM head also computes entropy, mean logits and top-1 hits for its own metrics;
+        # WRPO reads log-probs only, so re-patch the policy's head to skip that per-token work.
+        add_fused_lm_head(self.model, outputs=("log_probs",))
 
     def _prepare_dataset(
         self, dataset: Dataset, processing_class: Any, args: Any, dataset_name: str
@@ -127,12 +130,11 @@ class WRPOTrainer(DPOTrainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
-            self._signature_columns = ["prompt_ids"] + [f"{answer}_ids" for answer in ANSWERS]
+            self._signature_columns = ["prompt_ids"] + [f"{answer}_ids" for answer in ANSWERS]  # type: ignore[assignment]
 
     def current_alpha(self) -> float:
-        return alpha_at(
-            self.state.global_step, self.state.max_steps, self.args.alpha, self.args.alpha_schedule
-        )
+        args: WRPOConfig = self.args  # type: ignore[assignment]
+        return alpha_at(self.state.global_step, self.state.max_steps, args.alpha, args.alpha_schedule)  # type: ignore[arg-type]
 
     def _sequence_logps(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
         completion_mask = inputs["completion_mask"]
@@ -149,7 +151,7 @@ class WRPOTrainer(DPOTrainer):
         return outputs.log_probs[:, -seq_len:].sum(dim=1)
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if model.training else "eval"
         logps = self._sequence_logps(model, inputs)
         with torch.no_grad():
             ref_logps = self._sequence_logps(self.ref_model, inputs)

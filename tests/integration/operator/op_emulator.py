@@ -18,6 +18,7 @@ Recording (for RBAC derivation, e.g. by the Helm chart's tests)::
     async with emulator_server() as emulator:
         ...  # run the operator against emulator.url
         emulator.api_requests        # [ApiRequest(verb, api_group, resource, subresource, namespaced), ...]
+        emulator.operator_requests() # the same without the test's own client and kubectl
         rbac_rules(emulator.api_requests)  # {(api_group, resource_or_resource/subresource): {verbs}}
 
 verb is the RBAC verb: get, list, watch, create, patch, update, delete, deletecollection.
@@ -121,6 +122,9 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.api_requests: list[ApiRequest] = []
+        self.api_request_agents: list[str] = []  # the User-Agent of each recorded request
+        # resource -> (namespace, name) -> object: lists and fetches without scanning every object.
+        self._index: dict[Any, dict[tuple[str | None, str], Any]] = {}
         # Every write as the watchers see it, in order: (ADDED|MODIFIED|DELETED, plural, name).
         self.timeline: list[tuple[str, str, str]] = []
         self.timeline_times: list[float] = []  # time.monotonic() of each timeline entry
@@ -137,6 +141,14 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 shortnames=SHORT_NAMES.get(kind, set()),
             )
 
+    def operator_requests(self) -> list[ApiRequest]:
+        """The recorded requests except the tests' own (kmock's client) and kubectl's."""
+        return [
+            r
+            for r, agent in zip(self.api_requests, self.api_request_agents, strict=True)
+            if not agent.startswith(("kmock/", "kubectl"))
+        ]
+
     # -- helpers for tests ------------------------------------------------------------------------
     def declare(
         self, key: str, kind: str, *, namespaced: bool = True, subresources: Iterable[str] = ()
@@ -151,18 +163,16 @@ class RecordingEmulator(kmock.KubernetesEmulator):
 
     def live(self, key: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """The objects of a resource ("apps/v1/deployments") that exist now."""
-        resource = kmock.resource(key)
+        index = self._index.get(kmock.resource(key), {})
         return [
             obj.raw
-            for (res, ns, _), obj in list(self.objects.items())
-            if res == resource and not obj.deleted and (namespace is None or ns == namespace)
+            for (ns, _), obj in list(index.items())
+            if not obj.deleted and (namespace is None or ns == namespace)
         ]
 
     def find(self, key: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        for obj in self.live(key, namespace):
-            if obj["metadata"]["name"] == name:
-                return obj
-        return None
+        obj = self._index.get(kmock.resource(key), {}).get((namespace, name))
+        return None if obj is None or obj.deleted else obj.raw
 
     def _info(self, resource: kmock.resource) -> kmock.ResourceInfo | None:
         for known in self.resources:
@@ -196,6 +206,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         namespaced = request.namespace is not None or bool(
             info and info.namespaced and request.name is None and _method(request) == "POST"
         )
+        self.api_request_agents.append(request.headers.get("User-Agent", ""))
         self.api_requests.append(
             ApiRequest(
                 _rbac_verb(request),
@@ -228,9 +239,34 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 if method == "DELETE" and request.name:
                     obj = await self._delete(resource, request.namespace, request.name)
                     return aiohttp.web.json_response(obj)
+                if method == "GET" and request.params.get("watch") not in ("true", "1"):
+                    pass  # served below, outside the lock
+        except k8s.KubernetesError as exc:
+            return await self._render_error(exc)
+        # Reads are served directly: kmock's generic matching scans every past request (quadratic).
+        try:
+            if method == "GET" and request.params.get("watch") in ("true", "1"):
+                return await self._stream_watch(request)
+            if method == "GET" and request.name and not request.subresource:
+                return aiohttp.web.json_response(await self._serve_fetch(request))
+            if method == "GET" and not request.name:
+                return aiohttp.web.json_response(await self._serve_list(request))
         except k8s.KubernetesError as exc:
             return await self._render_error(exc)
         return await kmock.RawHandler._handle(self, request)
+
+    async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        raw = request._raw_request
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw)
+        selector = request.params.get("labelSelector", "")
+        async for event in self._serve_watch(request):
+            if not isinstance(event, dict):
+                continue  # kmock's first yield only flushes the headers
+            labels = (event.get("object") or {}).get("metadata", {}).get("labels") or {}
+            if _selector_matches(selector, labels):
+                await response.write(json.dumps(event).encode() + b"\n")
+        return response
 
     def _stored(self, resource: kmock.resource, namespace: str | None, name: str) -> Any:
         key = (resource, namespace, name)
@@ -262,6 +298,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             self.objects[key].create(data)
         else:
             self.objects[key] = data
+            self._index.setdefault(request.resource, {})[key[1:]] = self.objects[key]
         await self._publish(request.resource, "ADDED", copy.deepcopy(data))
         return data
 
@@ -344,19 +381,33 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         return obj
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
-        payload = await super()._serve_list(request)
         info = self._info(request.resource)
+        if info is None:
+            raise k8s.KubernetesResourceNotFoundError()
         selector = request.params.get("labelSelector", "")
-        items = [
-            i for i in payload["items"] if _selector_matches(selector, i["metadata"].get("labels") or {})
-        ]
+        async with self._lock:
+            items = [
+                obj.raw
+                for (ns, _), obj in self._index.get(request.resource, {}).items()
+                if not obj.deleted and (request.namespace is None or ns == request.namespace)
+            ]
+        items = [i for i in items if _selector_matches(selector, i["metadata"].get("labels") or {})]
         group_version = "/".join(p for p in (request.resource.group, request.resource.version) if p)
         return {
             "apiVersion": group_version,
-            "kind": f"{info.kind if info and info.kind else 'Object'}List",
+            "kind": f"{info.kind or 'Object'}List",
             "metadata": {"resourceVersion": str(next(self._rv))},
             "items": items,
         }
+
+    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+        obj = self._index.get(request.resource, {}).get((request.namespace, request.name))
+        if obj is None or obj.deleted:
+            raise k8s.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    def _get_resources(self) -> list[Any]:
+        return list(self.resources)  # the declared ones: no scan of every stored object
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
         payload = await super()._serve_version(request)

@@ -39,10 +39,10 @@ crds: venv
 	$(VENV)/bin/kubefusion crd -o crds/fusionrun.yaml
 	$(VENV)/bin/kubefusion crd --reference -o docs/fusionrun-reference.md
 
-## quickstart: the local CPU fusion run (until the local runner lands: validate and plan it)
+## quickstart: build the tiny demo world (demo/), then run the whole fusion on this machine (runs/quickstart/)
 quickstart: venv
-	$(VENV)/bin/kubefusion validate -f examples/quickstart.yaml
-	$(VENV)/bin/kubefusion plan -f examples/quickstart.yaml
+	$(VENV)/bin/kubefusion demo init --dir demo
+	$(VENV)/bin/kubefusion run -f examples/quickstart.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -12,6 +12,7 @@ STAGES = {
     "score": "kubefusion_trainer.stages.score",
     "build": "kubefusion_trainer.stages.build",
     "train": "kubefusion_trainer.training.cli",
+    "evaluate": "kubefusion_trainer.stages.evaluate",
 }
 
 

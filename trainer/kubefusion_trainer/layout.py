@@ -15,8 +15,11 @@ outputs and the single-machine runner all ask a RunLayout.
       train/<stage>/final/                  save_pretrained output the next stage reads
       train/<stage>/.final.staging/         the final model while it is written (renamed to final/)
       train/<stage>/deepspeed.json          the DeepSpeed config the stage ran with
-      eval/                                 scorecard (evaluate)
-      reports/                              report.md and plots
+      eval/answers/<model>.jsonl            held-out answers, correctness and rewards per model (evaluate)
+      eval/scorecard.json                   accuracy and win rate per dataset and model (evaluate)
+      reports/                              report.md and plots (local runner)
+      logs/                                 stage and server logs (local runner)
+      config/<label>.yaml                   run configs the local runner hands its stage processes
       state/<stage>.json                    a stage's completion record
       tmp/<name>/                           a stage's scratch space (e.g. build's partitions), removed after
 """
@@ -103,6 +106,13 @@ class RunLayout:
     def eval_dir(self) -> Path:
         return self.root / "eval"
 
+    def eval_answers(self, model: str) -> Path:
+        return self.eval_dir / "answers" / f"{model}.jsonl"
+
+    @property
+    def scorecard(self) -> Path:
+        return self.eval_dir / "scorecard.json"
+
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
@@ -110,6 +120,16 @@ class RunLayout:
     @property
     def report(self) -> Path:
         return self.reports_dir / "report.md"
+
+    def plot(self, name: str) -> Path:
+        return self.reports_dir / f"{name}.png"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    def run_config_file(self, label: str) -> Path:
+        return self.root / "config" / f"{label}.yaml"
 
     # scratch space on the run's storage (large temporary files; the stage removes it)
     def scratch_dir(self, name: str) -> Path:

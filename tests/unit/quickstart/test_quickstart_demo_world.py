@@ -1,0 +1,79 @@
+"""The quickstart world's pure parts: problems, gold answers, habit answers, tokenisation."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from kubefusion_trainer import demo_world
+from kubefusion_trainer.scoring.math_check import check_math
+
+
+def test_problems_are_distinct_seeded_and_correct() -> None:
+    problems = demo_world.make_problems("addition", 200, seed=3)
+    assert len({p for p, _ in problems}) == 200
+    assert problems == demo_world.make_problems("addition", 200, seed=3)
+    assert problems != demo_world.make_problems("addition", 200, seed=4)
+    for prompt, answer in problems:
+        a, b = (int(x) for x in prompt.removeprefix("What is ").removesuffix("?").split(" + "))
+        assert answer == str(a + b)
+    for prompt, answer in demo_world.make_problems("reversal", 50, seed=3):
+        digits = prompt.removeprefix("Reverse the digits ").removesuffix(".")
+        assert answer == digits[::-1] and "0" not in digits
+
+
+@pytest.mark.parametrize(
+    ("skill", "prompt", "habit"),
+    [
+        ("addition", "What is 47 + 38?", "75"),
+        ("addition", "What is 12 + 34?", "46"),  # no carry: the habit happens to be right
+        ("addition", "What is 95 + 15?", "00"),
+        ("reversal", "Reverse the digits 5381.", "5381"),
+    ],
+)
+def test_habit_answers_drop_carries_or_copy(skill: str, prompt: str, habit: str) -> None:
+    assert demo_world.habit_answer(skill, prompt) == habit
+
+
+def test_the_scorers_math_check_judges_the_skills_exactly() -> None:
+    # The score stage's math path must not mistake a habit answer for the gold one.
+    for skill in demo_world.SKILLS:
+        for prompt, gold in demo_world.make_problems(skill, 30, seed=1):
+            assert check_math(gold, gold)[0]
+            habit = demo_world.habit_answer(skill, prompt)
+            assert check_math(gold, habit)[0] is (habit == gold)
+
+
+def test_corrupted_answers_differ_and_keep_the_shape() -> None:
+    rng = random.Random(0)
+    for answer in ("85", "1835", "100"):
+        for _ in range(20):
+            wrong = demo_world.corrupt(answer, rng)
+            assert wrong != answer and len(wrong) == len(answer) and wrong.isdigit()
+
+
+def test_hand_rendered_prompt_matches_the_chat_template(tiny_world: dict[str, Path]) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_world["tokenizer"]))
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is 1 + 2?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert (
+        demo_world.prompt_ids(tokenizer, "What is 1 + 2?")
+        == tokenizer(text, add_special_tokens=False)["input_ids"]
+    )
+    ids, labels = demo_world.encode_example(tokenizer, "What is 1 + 2?", "3")
+    answer = [t for t, label in zip(ids, labels, strict=True) if label != -100]
+    assert tokenizer.decode(answer) == "3" + tokenizer.eos_token
+
+
+def test_datasets_are_jsonl_with_prompt_and_answer(tmp_path: Path) -> None:
+    profile = demo_world.Profile(prompts_per_dataset=25)
+    paths = demo_world.write_datasets(tmp_path, profile, seed=0)
+    assert set(paths) == set(demo_world.SKILLS)
+    rows = [json.loads(line) for line in paths["addition"].read_text().splitlines()]
+    assert len(rows) == 25 and set(rows[0]) == {"prompt", "answer"}

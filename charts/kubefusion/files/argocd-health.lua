@@ -1,0 +1,3 @@
+-- placeholder
+hs = {status = "Progressing", message = ""}
+return hs

@@ -85,7 +85,9 @@ def render_manifests(values: dict[str, Any], namespace: str = NAMESPACE) -> dict
 def render(values: dict[str, Any], namespace: str = NAMESPACE) -> list[dict[str, Any]]:
     """Every object the chart renders for these values (deep copies: tests may change them)."""
     objects = []
-    for _, text in render_manifests(values, namespace).items():
+    for path, text in render_manifests(values, namespace).items():
+        if path.endswith("NOTES.txt"):
+            continue
         objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return copy.deepcopy(objects)
 

@@ -34,9 +34,10 @@ format: venv
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## crds: regenerate crds/fusionrun.yaml from the API models
+## crds: regenerate crds/fusionrun.yaml from the API models (and the Helm chart's copy)
 crds: venv
 	$(VENV)/bin/kubefusion crd -o crds/fusionrun.yaml
+	$(PY) charts/kubefusion/hack/sync_crd.py
 
 ## quickstart: the local CPU fusion run (until the local runner lands: validate and plan it)
 quickstart: venv

@@ -1,0 +1,97 @@
+"""Stage Jobs: prepare, sample (Indexed, one per source), score, build, evaluate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubefusion_operator.planner import Task
+from kubefusion_operator.render import pods
+from kubefusion_operator.render.names import METRICS_PORT, RenderContext, task_child_name
+
+BACKOFF_LIMIT = 3  # pod failures a stage Job tolerates before the run is marked Failed
+SHARDS_PER_REPLICA = 4  # sampling shards per vLLM replica: enough requests in flight to keep it busy
+MAX_SHARDS = 64
+CPU_REQUESTS = {"cpu": "2", "memory": "8Gi"}
+
+
+def sampling_shards(ctx: RenderContext, task: Task) -> int:
+    """Shards (= Indexed Job completions, all run in parallel) for a sampling task."""
+    if task.name.startswith("sample/"):
+        source = next(s for s in ctx.spec.sources if s.name == task.name.split("/", 1)[1])
+        replicas = source.serving.replicas
+    else:
+        replicas = ctx.spec.sources[0].serving.replicas
+    return min(MAX_SHARDS, SHARDS_PER_REPLICA * replicas)
+
+
+def stage_command(ctx: RenderContext, task: Task, *extra: str) -> list[str]:
+    return [
+        "kubefusion",
+        *task.command,
+        "--config",
+        ctx.config_file,
+        *extra,
+        "--metrics-port",
+        str(METRICS_PORT),
+    ]
+
+
+def _uses_hub(ctx: RenderContext, task: Task) -> bool:
+    if task.stage == "prepare":
+        return any(d.location.startswith("hf://") for d in ctx.spec.datasets)
+    return task.stage not in ("build", "build-wrpo")  # tokenizers, reward models
+
+
+def _resources(ctx: RenderContext, task: Task) -> dict[str, Any]:
+    gpus = ctx.spec.scoring.reward_model.gpus if task.uses_gpu else 0
+    if gpus:
+        return {"requests": dict(CPU_REQUESTS), "limits": {"nvidia.com/gpu": gpus}}
+    return {"requests": dict(CPU_REQUESTS)}
+
+
+def build_job(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dict[str, Any]:
+    """A batch/v1 Job for a planner task of kind job."""
+    extra: list[str] = []
+    env = pods.secret_env(ctx, hf_token=_uses_hub(ctx, task))
+    spec: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT, "suspend": suspended}
+    if task.stage in ("sample", "sample-target"):
+        shards = sampling_shards(ctx, task)
+        spec.update(completionMode="Indexed", completions=shards, parallelism=shards)
+        env.append(
+            {
+                "name": "JOB_COMPLETION_INDEX",
+                "valueFrom": {
+                    "fieldRef": {
+                        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+                    }
+                },
+            }
+        )
+        extra = ["--shard", f"$(JOB_COMPLETION_INDEX)/{shards}"]
+    if task.stage in ("score", "score-target"):
+        extra = ["--device", "cuda" if task.uses_gpu else "cpu"]
+    container: dict[str, Any] = {
+        "name": "stage",
+        "image": ctx.image,
+        "command": stage_command(ctx, task, *extra),
+        "env": env,
+        "envFrom": pods.env_from(ctx),
+        "ports": [pods.metrics_port()],
+        "resources": _resources(ctx, task),
+        "volumeMounts": pods.volume_mounts(ctx, shm=task.uses_gpu),
+    }
+    name = task_child_name(ctx.name, task)
+    spec["template"] = {
+        "metadata": {"labels": ctx.labels(task), "annotations": pods.pod_annotations()},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [container],
+            "volumes": pods.volumes(ctx, shm=task.uses_gpu),
+        },
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": ctx.metadata(name, task, queue=True),
+        "spec": spec,
+    }

@@ -1,0 +1,119 @@
+"""Deterministic child names, labels and the shared render context."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubefusion_operator.api import API_VERSION, GROUP, KIND, FusionRunSpec
+from kubefusion_operator.planner import Task
+
+MAX_NAME = 63  # DNS-1123 label: Service names, Job names (they become pod labels), container names
+RUN_LABEL = f"{GROUP}/run"
+STAGE_LABEL = f"{GROUP}/stage"
+TASK_LABEL = f"{GROUP}/task"
+TASK_ANNOTATION = f"{GROUP}/task"  # the exact planner task name
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+DEFAULT_IMAGE = "ghcr.io/kubefusion/kubefusion:0.1.0"
+METRICS_PORT = 9090  # every stage process serves kubefusion_progress_* here (--metrics-port)
+METRICS_PORT_ANNOTATION = "prometheus.io/port"
+
+
+def truncated(name: str, limit: int = MAX_NAME) -> str:
+    """`name` if it fits, else a prefix plus an 8-character hash of the whole name (stable, unique)."""
+    if len(name) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: limit - 9].rstrip('-')}-{digest}"
+
+
+def child_name(run: str, suffix: str) -> str:
+    name = truncated(f"{run}-{suffix}")
+    return name if name[0].isalpha() else truncated(f"kf-{name}")  # Services need a leading letter
+
+
+def task_suffix(task: Task) -> str:
+    """Per-source tasks: <source>-serve / <source>-sample; others: the task name (no clashes possible)."""
+    if "/" in task.name:
+        source = task.name.split("/", 1)[1]
+        return f"{source}-{'serve' if task.kind == 'server' else 'sample'}"
+    return task.name
+
+
+def task_child_name(run: str, task: Task) -> str:
+    return child_name(run, task_suffix(task))
+
+
+def config_map_name(run: str) -> str:
+    return child_name(run, "config")
+
+
+def label_value(text: str) -> str:
+    value = truncated(text.replace("/", "."))
+    return value.strip("-_.") or "none"
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Everything a builder may read: the run and the operator's settings (no hidden inputs)."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: FusionRunSpec
+    image: str = DEFAULT_IMAGE  # the kubefusion image stage Jobs and trainers run
+    storage_mount: str = "/mnt/kubefusion"  # where the run's PVC is mounted in every pod
+    config_mount: str = "/etc/kubefusion"  # where the RunConfig ConfigMap is mounted
+    cluster_domain: str = "svc"  # Service URLs: http://<svc>.<ns>.<cluster_domain>:8000/v1
+    extra_labels: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def storage_root(self) -> str:
+        if self.spec.storage.pvc:
+            return self.storage_mount
+        return self.spec.storage.uri or f"{self.storage_mount}"
+
+    @property
+    def config_file(self) -> str:
+        return f"{self.config_mount}/run.yaml"
+
+    def owner_reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+    def labels(self, task: Task | None = None, component: str | None = None) -> dict[str, str]:
+        labels = {
+            "app.kubernetes.io/name": "kubefusion",
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/component": component or (task.stage if task else "config"),
+            "app.kubernetes.io/part-of": "kubefusion",
+            "app.kubernetes.io/managed-by": "kubefusion-operator",
+            RUN_LABEL: self.name,
+        }
+        if task is not None:
+            labels[STAGE_LABEL] = task.stage
+            labels[TASK_LABEL] = label_value(task.name)
+        return {**self.extra_labels, **labels}
+
+    def metadata(
+        self, name: str, task: Task | None = None, *, queue: bool = False, component: str | None = None
+    ) -> dict[str, Any]:
+        labels = self.labels(task, component)
+        if queue and self.spec.queue_name:
+            labels[QUEUE_LABEL] = self.spec.queue_name
+        meta: dict[str, Any] = {
+            "name": name,
+            "namespace": self.namespace,
+            "labels": labels,
+            "ownerReferences": [self.owner_reference()],
+        }
+        if task is not None:
+            meta["annotations"] = {TASK_ANNOTATION: task.name}
+        return meta

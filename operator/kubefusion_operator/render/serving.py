@@ -1,0 +1,133 @@
+"""Model servers: a vLLM Deployment and its Service, per source (and the SFT target for WRPO)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubefusion_operator.api import ServingConfig
+from kubefusion_operator.planner import Task
+from kubefusion_operator.render import pods
+from kubefusion_operator.render.configmap import SERVER_PORT
+from kubefusion_operator.render.names import RenderContext, task_child_name
+from kubefusion_trainer.layout import RunLayout
+
+# 70B weights from a cold cache take tens of minutes to download and load: allow an hour.
+STARTUP_PERIOD_SECONDS = 10
+STARTUP_FAILURE_THRESHOLD = 360
+HF_CACHE = "/root/.cache/huggingface"
+
+
+def _serving(ctx: RenderContext, task: Task) -> tuple[ServingConfig, int | None]:
+    """The serving settings and seed of a server task (the target is served like the first source)."""
+    if task.name.startswith("serve-sources/"):
+        source = next(s for s in ctx.spec.sources if s.name == task.endpoint)
+        return source.serving, source.sampling.seed
+    return ctx.spec.sources[0].serving, ctx.spec.target.sampling.seed
+
+
+def server_model(ctx: RenderContext, task: Task) -> str:
+    if task.name == "serve-target":
+        return str(RunLayout(ctx.storage_root).final_model("sft"))
+    assert task.model is not None
+    return task.model
+
+
+def vllm_args(ctx: RenderContext, task: Task) -> list[str]:
+    serving, seed = _serving(ctx, task)
+    args = [
+        "--model",
+        server_model(ctx, task),
+        "--served-model-name",
+        task.served_name or server_model(ctx, task),
+        "--tensor-parallel-size",
+        str(max(serving.gpus, 1)),
+        "--port",
+        str(SERVER_PORT),
+        "--enable-prefix-caching",
+        "--seed",
+        str(seed or 0),
+    ]
+    if serving.max_model_len:
+        args += ["--max-model-len", str(serving.max_model_len)]
+    return args + list(serving.extra_args)
+
+
+def _resources(serving: ServingConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if serving.resources is not None:
+        out = serving.resources.model_dump(exclude_none=True, mode="json")
+    if serving.gpus:
+        out.setdefault("limits", {})["nvidia.com/gpu"] = serving.gpus
+    return out
+
+
+def _probe(failure_threshold: int, period: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": "/health", "port": SERVER_PORT},
+        "periodSeconds": period,
+        "failureThreshold": failure_threshold,
+        "timeoutSeconds": 5,
+    }
+
+
+def build_deployment(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dict[str, Any]:
+    serving, _ = _serving(ctx, task)
+    name = task_child_name(ctx.name, task)
+    env = [*pods.secret_env(ctx), {"name": "HF_HOME", "value": HF_CACHE}]
+    container: dict[str, Any] = {
+        "name": "vllm",
+        "image": serving.image,
+        "args": vllm_args(ctx, task),
+        "env": env,
+        "envFrom": pods.env_from(ctx),
+        "ports": [{"name": "http", "containerPort": SERVER_PORT, "protocol": "TCP"}],
+        "resources": _resources(serving),
+        "startupProbe": _probe(STARTUP_FAILURE_THRESHOLD, STARTUP_PERIOD_SECONDS),
+        "readinessProbe": _probe(3, 10),
+        "livenessProbe": _probe(6, 30),
+        "volumeMounts": [*pods.volume_mounts(ctx, shm=True), {"name": "model-cache", "mountPath": HF_CACHE}],
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [*pods.volumes(ctx, shm=True), {"name": "model-cache", "emptyDir": {}}],
+        "terminationGracePeriodSeconds": 30,
+    }
+    if serving.node_selector:
+        pod_spec["nodeSelector"] = dict(serving.node_selector)
+    if serving.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in serving.tolerations
+        ]
+    selector = {
+        "app.kubernetes.io/instance": ctx.name,
+        "kubefusion.dev/task": ctx.labels(task)["kubefusion.dev/task"],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": ctx.metadata(name, task, component="server"),
+        "spec": {
+            "replicas": 0 if suspended else serving.replicas,
+            "selector": {"matchLabels": selector},
+            # Weights are huge and GPUs scarce: replace pods rather than surge extra ones.
+            "strategy": {"type": "Recreate"},
+            "template": {"metadata": {"labels": ctx.labels(task, "server")}, "spec": pod_spec},
+        },
+    }
+
+
+def build_service(ctx: RenderContext, task: Task) -> dict[str, Any]:
+    name = task_child_name(ctx.name, task)
+    selector = {
+        "app.kubernetes.io/instance": ctx.name,
+        "kubefusion.dev/task": ctx.labels(task)["kubefusion.dev/task"],
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": ctx.metadata(name, task, component="server"),
+        "spec": {
+            "selector": selector,
+            "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }

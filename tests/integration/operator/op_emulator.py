@@ -1,0 +1,396 @@
+"""A Kubernetes API emulator for the operator's tests, recording every request it serves.
+
+kmock.KubernetesEmulator is an in-memory API server over real HTTP. This subclass makes it behave like
+a real API server where kopf, kubectl and our client rely on it:
+- create fills metadata.uid, resourceVersion, generation, creationTimestamp, namespace (and a name
+  from generateName) and answers 201; a second create of the same name answers 409;
+- every write bumps resourceVersion; generation grows when anything outside metadata/status changes;
+- PATCH takes merge patches and JSON patches (a failed `test` op answers 422); writes to /status
+  change only .status, and writes to the main resource leave .status alone when the resource has a
+  status subresource; PUT replaces (409 on a stale resourceVersion);
+- DELETE honours finalizers (deletionTimestamp, then gone when they are removed);
+- lists carry kind/apiVersion/resourceVersion and honour equality label selectors (a=b, a!=b, a, !a);
+- /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents.
+Like kmock it has no garbage collection by ownerReference and no schema validation.
+
+Recording (for RBAC derivation, e.g. by the Helm chart's tests)::
+
+    async with emulator_server() as emulator:
+        ...  # run the operator against emulator.url
+        emulator.api_requests        # [ApiRequest(verb, api_group, resource, subresource, namespaced), ...]
+        rbac_rules(emulator.api_requests)  # {(api_group, resource_or_resource/subresource): {verbs}}
+
+verb is the RBAC verb: get, list, watch, create, patch, update, delete, deletecollection.
+Only resource requests are recorded (discovery and /version are not: RBAC allows them to everyone).
+The pytest fixture `emulator` (import it into a test module: `from op_emulator import emulator`)
+yields a started RecordingEmulator with the resources the operator uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import itertools
+import json
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import aiohttp.web
+import jsonpatch
+import kmock
+import pytest_asyncio
+import yaml
+from kmock._internal import dicts, k8s, rendering
+
+# (group/version/plural, kind, namespaced, subresources)
+OPERATOR_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
+    ("kubefusion.dev/v1alpha1/fusionruns", "FusionRun", True, ("status",)),
+    ("apps/v1/deployments", "Deployment", True, ("status", "scale")),
+    ("batch/v1/jobs", "Job", True, ("status",)),
+    ("kubeflow.org/v1/pytorchjobs", "PyTorchJob", True, ("status",)),
+    ("v1/services", "Service", True, ()),
+    ("v1/configmaps", "ConfigMap", True, ()),
+    ("v1/events", "Event", True, ()),
+    ("v1/pods", "Pod", True, ("status",)),
+    ("v1/secrets", "Secret", True, ()),
+    ("v1/namespaces", "Namespace", False, ("status",)),
+]
+
+
+class ApiRequest(NamedTuple):
+    verb: str  # the RBAC verb
+    api_group: str  # "" for the core group
+    resource: str  # plural
+    subresource: str | None
+    namespaced: bool
+
+
+def _now() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _status_error(code: int, reason: str, message: str) -> k8s.KubernetesError:
+    return k8s.KubernetesError(status=code, reason=reason, message=message, details={})
+
+
+def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            if labels.get(key) == value:
+                return False
+        elif "=" in term:
+            key, value = term.replace("==", "=").split("=", 1)
+            if labels.get(key) != value:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _method(request: rendering.Request) -> str:
+    return str(getattr(request.method, "value", request.method)).upper()
+
+
+def _rbac_verb(request: rendering.Request) -> str:
+    method = _method(request)
+    if method == "GET":
+        if request.params.get("watch") in ("true", "1"):
+            return "watch"
+        return "get" if request.name else "list"
+    if method == "DELETE":
+        return "delete" if request.name else "deletecollection"
+    return {"POST": "create", "PATCH": "patch", "PUT": "update"}.get(method, method.lower())
+
+
+class RecordingEmulator(kmock.KubernetesEmulator):
+    """kmock's emulator with the API-server behaviour listed in the module docstring, and a request log."""
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.api_requests: list[ApiRequest] = []
+        self._rv = itertools.count(1000)
+        self.fallback["get", "/openapi/v2"] << {"swagger": "2.0", "info": {}, "paths": {}, "definitions": {}}
+        self.fallback["get", "/openapi/v3"] << {"paths": {}}
+        for key, kind, namespaced, subresources in OPERATOR_RESOURCES:
+            self.resources[key] = kmock.ResourceInfo(
+                kind=kind,
+                singular=kind.lower(),
+                namespaced=namespaced,
+                subresources=set(subresources),
+                verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+            )
+
+    # -- helpers for tests ------------------------------------------------------------------------
+    def declare(
+        self, key: str, kind: str, *, namespaced: bool = True, subresources: Iterable[str] = ()
+    ) -> None:
+        self.resources[key] = kmock.ResourceInfo(
+            kind=kind,
+            singular=kind.lower(),
+            namespaced=namespaced,
+            subresources=set(subresources),
+            verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+        )
+
+    def live(self, key: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """The objects of a resource ("apps/v1/deployments") that exist now."""
+        resource = kmock.resource(key)
+        return [
+            obj.raw
+            for (res, ns, _), obj in list(self.objects.items())
+            if res == resource and not obj.deleted and (namespace is None or ns == namespace)
+        ]
+
+    def find(self, key: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        for obj in self.live(key, namespace):
+            if obj["metadata"]["name"] == name:
+                return obj
+        return None
+
+    def _info(self, resource: kmock.resource) -> kmock.ResourceInfo | None:
+        for known in self.resources:
+            if known == resource:
+                return self.resources[known]
+        return None
+
+    async def write(
+        self, key: str, namespace: str | None, name: str, patch: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Merge-patch an object as the cluster would (controllers, kubelet), with a watch event."""
+        resource = kmock.resource(key)
+        async with self._lock:
+            return await self._patch(resource, namespace, name, patch, subresource=None, system=True)
+
+    # -- the API server -----------------------------------------------------------------------------
+    async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        resource = request.resource
+        if (
+            resource is None
+            or not resource.plural
+            or (resource.plural == "namespaces" and request.name is None and request.namespace is not None)
+        ):
+            return await kmock.RawHandler._handle(self, request)
+        info = self._info(resource)
+        namespaced = request.namespace is not None or bool(
+            info and info.namespaced and request.name is None and _method(request) == "POST"
+        )
+        self.api_requests.append(
+            ApiRequest(
+                _rbac_verb(request),
+                resource.group or "",
+                resource.plural,
+                request.subresource,
+                request.namespace is not None or namespaced,
+            )
+        )
+        if info is None:
+            return await self._render_error(k8s.KubernetesResourceNotFoundError())
+        method = _method(request)
+        try:
+            async with self._lock:
+                if method == "POST" and request.name is None:
+                    obj = await self._create(request, info)
+                    return aiohttp.web.json_response(obj, status=201)
+                if method == "PATCH" and request.name:
+                    obj = await self._patch(
+                        resource,
+                        request.namespace,
+                        request.name,
+                        request.data,
+                        subresource=request.subresource,
+                    )
+                    return aiohttp.web.json_response(obj)
+                if method == "PUT" and request.name:
+                    obj = await self._replace(request)
+                    return aiohttp.web.json_response(obj)
+                if method == "DELETE" and request.name:
+                    obj = await self._delete(resource, request.namespace, request.name)
+                    return aiohttp.web.json_response(obj)
+        except k8s.KubernetesError as exc:
+            return await self._render_error(exc)
+        return await kmock.RawHandler._handle(self, request)
+
+    def _stored(self, resource: kmock.resource, namespace: str | None, name: str) -> Any:
+        key = (resource, namespace, name)
+        if key not in self.objects or self.objects[key].deleted:
+            raise _status_error(404, "NotFound", f'{resource.plural} "{name}" not found')
+        return self.objects[key]
+
+    async def _create(self, request: rendering.Request, info: kmock.ResourceInfo) -> dict[str, Any]:
+        data = copy.deepcopy(request.data)
+        if not isinstance(data, dict):
+            raise _status_error(400, "BadRequest", "the body is not a JSON object")
+        meta = data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
+        if not meta.get("name"):
+            raise _status_error(422, "Invalid", "metadata.name: Required value")
+        if info.namespaced:
+            meta["namespace"] = request.namespace or meta.get("namespace") or "default"
+        namespace = meta.get("namespace") if info.namespaced else None
+        key = (request.resource, namespace, meta["name"])
+        if key in self.objects and not self.objects[key].deleted:
+            raise _status_error(
+                409, "AlreadyExists", f'{request.resource.plural} "{meta["name"]}" already exists'
+            )
+        meta.update(
+            uid=str(uuid.uuid4()), resourceVersion=str(next(self._rv)), generation=1, creationTimestamp=_now()
+        )
+        if key in self.objects:
+            self.objects[key].create(data)
+        else:
+            self.objects[key] = data
+        await self._buses[request.resource].put({"type": "ADDED", "object": copy.deepcopy(data)})
+        return data
+
+    async def _patch(
+        self,
+        resource: kmock.resource,
+        namespace: str | None,
+        name: str,
+        patch: Any,
+        *,
+        subresource: str | None,
+        system: bool = False,
+    ) -> dict[str, Any]:
+        stored = self._stored(resource, namespace, name)
+        old = copy.deepcopy(stored.raw)
+        try:
+            new = copy.deepcopy(dict(dicts.patch_dict(copy.deepcopy(old), patch)))
+        except (
+            jsonpatch.JsonPatchTestFailed,
+            jsonpatch.JsonPatchConflict,
+            jsonpatch.JsonPointerException,
+        ) as exc:
+            raise _status_error(422, "Invalid", f"the JSON patch failed: {exc}") from None
+        info = self._info(resource)
+        has_status = bool(info and "status" in info.subresources)
+        if subresource == "status":
+            new = {**old, "status": new.get("status")}
+        elif has_status and not system:
+            new["status"] = old.get("status")
+        if new.get("status") is None:
+            new.pop("status", None)
+        return await self._store(resource, stored, old, new)
+
+    async def _replace(self, request: rendering.Request) -> dict[str, Any]:
+        stored = self._stored(request.resource, request.namespace, request.name)
+        old = copy.deepcopy(stored.raw)
+        new = copy.deepcopy(request.data)
+        wanted = new.get("metadata", {}).get("resourceVersion")
+        if wanted and wanted != old["metadata"]["resourceVersion"]:
+            raise _status_error(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
+        return await self._store(request.resource, stored, old, new)
+
+    async def _store(
+        self, resource: kmock.resource, stored: Any, old: dict[str, Any], new: dict[str, Any]
+    ) -> dict[str, Any]:
+        meta = new.setdefault("metadata", {})
+        for field in ("uid", "creationTimestamp", "name", "namespace", "generation", "deletionTimestamp"):
+            if field in old["metadata"]:
+                meta[field] = old["metadata"][field]
+        body_changed = {k: v for k, v in new.items() if k not in ("metadata", "status")} != {
+            k: v for k, v in old.items() if k not in ("metadata", "status")
+        }
+        if body_changed:
+            meta["generation"] = old["metadata"].get("generation", 1) + 1
+        meta["resourceVersion"] = str(next(self._rv))
+        stored.history.append(new)
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            stored.delete()
+            await self._buses[resource].put({"type": "DELETED", "object": copy.deepcopy(new)})
+        else:
+            await self._buses[resource].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
+        return new
+
+    async def _delete(self, resource: kmock.resource, namespace: str | None, name: str) -> dict[str, Any]:
+        stored = self._stored(resource, namespace, name)
+        obj = copy.deepcopy(stored.raw)
+        if obj["metadata"].get("finalizers"):
+            if not obj["metadata"].get("deletionTimestamp"):
+                obj["metadata"]["deletionTimestamp"] = _now()
+                obj["metadata"]["resourceVersion"] = str(next(self._rv))
+                stored.history.append(obj)
+                await self._buses[resource].put({"type": "MODIFIED", "object": copy.deepcopy(obj)})
+            return obj
+        stored.delete()
+        await self._buses[resource].put({"type": "DELETED", "object": obj})
+        return obj
+
+    async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
+        payload = await super()._serve_list(request)
+        info = self._info(request.resource)
+        selector = request.params.get("labelSelector", "")
+        items = [
+            i for i in payload["items"] if _selector_matches(selector, i["metadata"].get("labels") or {})
+        ]
+        group_version = "/".join(p for p in (request.resource.group, request.resource.version) if p)
+        return {
+            "apiVersion": group_version,
+            "kind": f"{info.kind if info and info.kind else 'Object'}List",
+            "metadata": {"resourceVersion": str(next(self._rv))},
+            "items": items,
+        }
+
+    async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
+        payload = await super()._serve_version(request)
+        if request.resource.group == "":
+            payload["groupVersion"] = request.resource.version
+        for entry in payload["resources"]:
+            if entry.get("namespaced") is None:
+                entry["namespaced"] = True
+        return payload
+
+
+def rbac_rules(requests: Iterable[ApiRequest]) -> dict[tuple[str, str], set[str]]:
+    """RBAC rules that allow exactly these requests: {(apiGroup, resource[/subresource]): {verbs}}."""
+    rules: dict[tuple[str, str], set[str]] = {}
+    for r in requests:
+        name = f"{r.resource}/{r.subresource}" if r.subresource else r.resource
+        rules.setdefault((r.api_group, name), set()).add(r.verb)
+    return rules
+
+
+def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:
+    """A kubeconfig that points kubectl, kopf and the kubernetes client at the emulator."""
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "emulator", "cluster": {"server": url.rstrip("/")}}],
+        "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
+        "contexts": [
+            {"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}
+        ],
+        "current-context": "emulator",
+    }
+    path.write_text(json.dumps(config), encoding="utf-8")
+    return path
+
+
+@contextlib.asynccontextmanager
+async def emulator_server() -> AsyncIterator[RecordingEmulator]:
+    """A started RecordingEmulator on a free 127.0.0.1 port; its base URL is `str(emulator.url)`."""
+    async with RecordingEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1"):
+        yield emulator
+
+
+@pytest_asyncio.fixture()
+async def emulator() -> AsyncIterator[RecordingEmulator]:
+    async with emulator_server() as emu:
+        yield emu
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -29,7 +29,9 @@ def rule_allows(rule: dict[str, Any], access: Access) -> bool:
     )
 
 
-def granted_rules(objects: list[dict[str, Any]], service_account: str, sa_namespace: str) -> list[tuple[str | None, dict]]:
+def granted_rules(
+    objects: list[dict[str, Any]], service_account: str, sa_namespace: str
+) -> list[tuple[str | None, dict]]:
     """(namespace the rule applies in, or None for everywhere; rule) for a ServiceAccount."""
     roles = {
         (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o.get("rules", [])
@@ -39,7 +41,9 @@ def granted_rules(objects: list[dict[str, Any]], service_account: str, sa_namesp
     subject = {"kind": "ServiceAccount", "name": service_account, "namespace": sa_namespace}
     granted: list[tuple[str | None, dict]] = []
     for binding in objects:
-        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding") or subject not in binding.get("subjects", []):
+        if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding") or subject not in binding.get(
+            "subjects", []
+        ):
             continue
         ref = binding["roleRef"]
         scope = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None

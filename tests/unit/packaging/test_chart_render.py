@@ -81,6 +81,7 @@ def _monitor_schema(kind: str, endpoints_key: str) -> dict[str, Any]:
                 "properties": {
                     "selector": _LABEL_SELECTOR,
                     "namespaceSelector": _NAMESPACE_SELECTOR,
+                    "podTargetLabels": {"type": "array", "items": {"type": "string"}},
                     endpoints_key: {"type": "array", "minItems": 1, "items": _ENDPOINT},
                 },
             },

@@ -51,7 +51,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
         "priorityClassName": "system-cluster-critical",
-        "operator": {"logLevel": "debug", "extraEnv": [{"name": "EXTRA", "value": "1"}]},
+        "operator": {"verbose": True, "healthPort": 9091, "extraEnv": [{"name": "EXTRA", "value": "1"}]},
     },
     "external-crd-and-sa": {
         "crds": {"enabled": False},

@@ -148,7 +148,7 @@ def test_default_images_are_the_chart_app_version() -> None:
     container = only(render({}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == f"ghcr.io/kubefusion/kubefusion-operator:{app_version}"
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["KUBEFUSION_TRAINER_IMAGE"] == f"ghcr.io/kubefusion/kubefusion-trainer:{app_version}"
+    assert env["KUBEFUSION_IMAGE"] == f"ghcr.io/kubefusion/kubefusion-trainer:{app_version}"
 
 
 def test_chart_app_version_is_the_project_version() -> None:
@@ -166,7 +166,7 @@ def test_custom_images_replace_the_defaults() -> None:
     assert container["imagePullPolicy"] == "Always"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["KUBEFUSION_TRAINER_IMAGE"] == "registry.example.com/ml/kubefusion-trainer@sha256:" + "ab" * 32
+    assert env["KUBEFUSION_IMAGE"] == "registry.example.com/ml/kubefusion-trainer@sha256:" + "ab" * 32
 
 
 def test_resources_and_scheduling_reach_the_pod() -> None:
@@ -178,13 +178,13 @@ def test_resources_and_scheduling_reach_the_pod() -> None:
     assert pod["tolerations"] == values["tolerations"]
     assert pod["priorityClassName"] == "system-cluster-critical"
     assert {"name": "EXTRA", "value": "1"} in container["env"]
-    assert "--log-level=debug" in container["args"]
+    assert "--verbose" in container["args"]
 
 
 def test_cluster_mode_watches_all_namespaces_with_a_cluster_role() -> None:
     objects = render({})
     args = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert "--all-namespaces" in args and not any(a.startswith("--namespace") for a in args)
+    assert not any(a.startswith("--namespace") for a in args)  # the operator's default: all namespaces
     binding = only(objects, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == only(objects, "ClusterRole")["metadata"]["name"]
     assert binding["subjects"] == [
@@ -208,7 +208,6 @@ def test_namespaced_mode_grants_only_the_watched_namespaces(value_set: str, name
     assert sorted(b["metadata"]["namespace"] for b in find(objects, "RoleBinding")) == namespaces
     args = only(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert [a for a in args if a.startswith("--namespace")] == [f"--namespace={n}" for n in namespaces]
-    assert "--all-namespaces" not in args
 
 
 def test_metrics_service_selects_the_operator_pod_and_port() -> None:

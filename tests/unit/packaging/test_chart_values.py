@@ -35,7 +35,8 @@ BAD_VALUES: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "bad-quantity": ({"resources": {"limits": {"memory": "lots"}}}, "/resources/limits/memory"),
     "pull-secret-without-name": ({"imagePullSecrets": [{"secret": "regcred"}]}, "/imagePullSecrets/0"),
-    "log-level": ({"operator": {"logLevel": "verbose"}}, "/operator/logLevel"),
+    "verbose-as-string": ({"operator": {"verbose": "yes"}}, "/operator/verbose"),
+    "health-port-out-of-range": ({"operator": {"healthPort": 70000}}, "/operator/healthPort"),
 }
 
 

@@ -233,6 +233,11 @@ class FusionRunStatus(CamelModel):
     stages: list[StageRecord] = Field(default_factory=list, description="Every stage of the recipe, in order.")
     counts: RunCounts | None = Field(None, description="Run-wide totals.")
     message: str | None = Field(None, max_length=32768, description="A one-line summary.")
+    tasks: dict[str, StageState] = Field(
+        default_factory=dict,
+        description="State of each unit of work by planner task name (e.g. sample/<source>): finished work "
+        "is never redone, even when its child object is gone.",
+    )
 
 
 class FusionRun(CamelModel):

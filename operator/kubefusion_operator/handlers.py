@@ -1,0 +1,171 @@
+"""Thin kopf handlers: every one of them funnels into Reconciler.reconcile for the run concerned.
+
+build_registry(config) returns a fresh kopf registry (so a test or a benchmark can run an operator with
+its own timings). kopf is configured in one @kopf.on.startup handler to keep its bookkeeping in
+annotations (the status schema is typed and belongs to us), never to add finalizers (the only delete
+handler is optional), and to post only our own Kubernetes Events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from kubefusion_operator.api import GROUP, PLURAL, VERSION
+from kubefusion_operator.kube import KINDS, KubeApi
+from kubefusion_operator.metrics import OperatorMetrics
+from kubefusion_operator.reconcile import ReconcileConfig, Reconciler
+from kubefusion_operator.render.names import DEFAULT_IMAGE, RUN_LABEL
+
+
+@dataclass
+class OperatorConfig:
+    """Operator tuning (`kubefusion operator` flags); applied in the startup handler."""
+
+    image: str = DEFAULT_IMAGE  # the kubefusion image for stage Jobs and trainers
+    progress_interval: float = 15.0  # seconds between progress scrapes of a running run
+    watch_timeout: float = 300.0  # server-side watch timeout; kopf re-lists after it
+    reconnect_backoff: float = 1.0  # seconds before a broken watch is re-opened
+    batch_window: float = 0.1  # kopf's per-object event batching window
+    scrape: bool = True  # read stage progress from stage pods' metrics endpoints
+
+
+def _finished(status: Any) -> bool:
+    for cond in (status or {}).get("conditions") or []:
+        if cond.get("type") in ("Succeeded", "Failed") and cond.get("status") == "True":
+            return True
+    return False
+
+
+def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=GROUP, key="last-handled-configuration"
+        )
+        settings.persistence.finalizer = f"{GROUP}/kopf-finalizer"  # never added: no mandatory delete handler
+        settings.posting.level = (
+            logging.WARNING
+        )  # kopf's own chatter stays in the log; our Events are explicit
+        settings.watching.server_timeout = int(config.watch_timeout)
+        settings.watching.client_timeout = int(config.watch_timeout) + 10
+        settings.watching.reconnect_backoff = config.reconnect_backoff
+        settings.batching.batch_window = config.batch_window
+        settings.batching.idle_timeout = max(config.batch_window * 10, 1.0)
+        settings.batching.exit_timeout = 2.0
+        settings.peering.standalone = True
+        memo.setdefault("metrics", OperatorMetrics())
+        memo.locks = {}
+        memo.finished = {}  # namespace/name -> finished? for the runs this operator has seen
+
+    @kopf.on.login(registry=registry)
+    def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        if info is not None:
+            memo.reconciler = Reconciler(
+                KubeApi.from_connection_info(info),
+                ReconcileConfig(config.image, scrape=config.scrape),
+                memo.metrics,
+            )
+        return info
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: kopf.Memo, **_: Any) -> None:
+        if "reconciler" in memo:
+            await memo.reconciler.api.close()
+
+    async def reconcile(
+        memo: kopf.Memo, namespace: str, name: str, logger: Any, *, scrape: bool = False
+    ) -> None:
+        key = f"{namespace}/{name}"
+        lock = memo.locks.setdefault(key, asyncio.Lock())
+        async with lock:  # run events, child events and the ticker may race for one run
+            # Read the run inside the lock: the status another reconcile just wrote is the base of ours.
+            body = await memo.reconciler.api.get("FusionRun", namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            memo.metrics.reconciles.inc()
+            try:
+                status = await memo.reconciler.reconcile(
+                    body,
+                    lambda type_, reason, message: kopf.event(
+                        body, type=type_, reason=reason, message=message
+                    ),
+                    scrape=scrape,
+                )
+            except Exception as exc:
+                memo.metrics.errors.labels(type(exc).__name__).inc()
+                logger.error(f"reconcile of {key} failed: {type(exc).__name__}: {exc}")
+                raise
+            memo.finished[key] = _finished(status)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def run_event(
+        event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+    ) -> None:
+        meta = body["metadata"]
+        if event["type"] == "DELETED":
+            await cleanup(meta["namespace"], meta["name"], memo, logger)
+            return
+        if meta.get("deletionTimestamp"):
+            return
+        await reconcile(memo, meta["namespace"], meta["name"], logger)
+
+    async def cleanup(namespace: str, name: str, memo: kopf.Memo, logger: Any) -> None:
+        key = f"{namespace}/{name}"
+        memo.metrics.forget_run(key)
+        memo.locks.pop(key, None)
+        memo.finished.pop(key, None)
+        deleted = await memo.reconciler.cleanup(namespace, name)
+        if deleted:
+            logger.info(f"deleted {deleted} children of FusionRun {key}")
+
+    @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
+    async def run_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        # optional=True: no finalizer is added, so a stopped operator never blocks a deletion.
+        await cleanup(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
+
+    async def tick(memo: kopf.Memo, logger: Any) -> None:
+        # Not a kopf.timer: kopf puts a finalizer on objects with timers, which would block deleting
+        # a FusionRun while the operator is down.
+        while True:
+            await asyncio.sleep(config.progress_interval)
+            for key, finished in list(memo.finished.items()):
+                if not finished:
+                    namespace, name = key.split("/", 1)
+                    with contextlib.suppress(Exception):  # counted and logged; the next tick retries
+                        await reconcile(memo, namespace, name, logger, scrape=True)
+
+    @kopf.on.startup(registry=registry, id="progress-ticker")
+    async def start_ticker(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        memo.ticker = asyncio.create_task(tick(memo, logger))
+
+    @kopf.on.cleanup(registry=registry, id="stop-ticker")
+    async def stop_ticker(memo: kopf.Memo, **_: Any) -> None:
+        if "ticker" in memo:
+            memo.ticker.cancel()
+
+    for kind_name in ("Deployment", "Job", "PyTorchJob"):
+        kind = KINDS[kind_name]
+
+        @kopf.on.event(
+            kind.group,
+            kind.version,
+            kind.plural,
+            labels={RUN_LABEL: kopf.PRESENT},
+            registry=registry,
+            id=f"child-{kind.plural}",
+        )
+        async def child_event(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+            meta = body["metadata"]
+            await reconcile(memo, meta["namespace"], meta["labels"][RUN_LABEL], logger)
+
+    return registry

@@ -1,0 +1,134 @@
+"""From a run's child objects to planner task states and failure details. Pure.
+
+The inverse of render/: each child names its task in the kubefusion.dev/task annotation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubefusion_operator.planner import Task, TaskKind, TaskState
+from kubefusion_operator.render.names import TASK_ANNOTATION
+
+
+@dataclass(frozen=True)
+class ChildFailure:
+    task: str
+    child: str  # Kind/name
+    reason: str
+    message: str
+
+
+def task_of(obj: Mapping[str, Any]) -> str | None:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(TASK_ANNOTATION)
+
+
+def child_ref(obj: Mapping[str, Any]) -> str:
+    return f"{obj['kind']}/{obj['metadata']['name']}"
+
+
+def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def job_state(job: Mapping[str, Any], *, queued_by_kueue: bool) -> TaskState:
+    if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
+        return TaskState.SUCCEEDED
+    if _condition(job, "Failed") or _condition(job, "FailureTarget"):
+        return TaskState.FAILED
+    if (job.get("spec") or {}).get("suspend"):
+        # Kueue keeps a Job suspended until the queue admits it: that is waiting, not pausing.
+        return TaskState.RUNNING if queued_by_kueue else TaskState.SUSPENDED
+    return TaskState.RUNNING
+
+
+def pytorchjob_state(job: Mapping[str, Any], *, queued_by_kueue: bool) -> TaskState:
+    if _condition(job, "Succeeded"):
+        return TaskState.SUCCEEDED
+    if _condition(job, "Failed"):
+        return TaskState.FAILED
+    if ((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"):
+        return TaskState.RUNNING if queued_by_kueue else TaskState.SUSPENDED
+    return TaskState.RUNNING
+
+
+def deployment_state(deploy: Mapping[str, Any]) -> TaskState:
+    spec, status = deploy.get("spec") or {}, deploy.get("status") or {}
+    progressing = next((c for c in status.get("conditions") or [] if c.get("type") == "Progressing"), None)
+    if (
+        progressing
+        and progressing.get("status") == "False"
+        and progressing.get("reason") == "ProgressDeadlineExceeded"
+    ):
+        return TaskState.FAILED
+    if spec.get("replicas", 1) == 0:
+        return TaskState.SUSPENDED
+    if (status.get("readyReplicas") or 0) >= 1:
+        return TaskState.READY
+    return TaskState.RUNNING
+
+
+def failure_of(obj: Mapping[str, Any], task: str) -> ChildFailure:
+    cond = None
+    for type_ in ("Failed", "FailureTarget"):
+        cond = cond or _condition(obj, type_)
+    if cond is None:
+        cond = next(
+            (c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Progressing"),
+            {},
+        )
+    return ChildFailure(task, child_ref(obj), cond.get("reason") or "Failed", cond.get("message") or "")
+
+
+def observe(
+    tasks: Iterable[Task],
+    children: Iterable[Mapping[str, Any]],
+    persisted: Mapping[str, str],
+    *,
+    queued_by_kueue: bool = False,
+) -> tuple[dict[str, TaskState], dict[str, list[str]], list[ChildFailure]]:
+    """Task states, each task's live children (Kind/name), and failures, from the children and the status.
+
+    A task with no child keeps a Succeeded or Failed state the status recorded (finished work is never
+    redone, even when someone deleted its Job); otherwise it is Pending.
+    """
+    tasks = list(tasks)
+    by_task: dict[str, list[Mapping[str, Any]]] = {}
+    for obj in children:
+        name = task_of(obj)
+        terminating = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+        if terminating and obj.get("kind") in ("Job", "PyTorchJob"):
+            continue  # being removed for a retry: the task is as good as cleared
+        if name is not None:
+            by_task.setdefault(name, []).append(obj)
+    states: dict[str, TaskState] = {}
+    refs: dict[str, list[str]] = {}
+    failures: list[ChildFailure] = []
+    for task in tasks:
+        objs = by_task.get(task.name, [])
+        refs[task.name] = sorted(child_ref(o) for o in objs)
+        main_kind = {TaskKind.SERVER: "Deployment", TaskKind.TRAIN: "PyTorchJob", TaskKind.JOB: "Job"}[
+            task.kind
+        ]
+        main = next((o for o in objs if o.get("kind") == main_kind), None)
+        recorded = persisted.get(task.name)
+        if main is None:
+            keep = task.kind != TaskKind.SERVER and recorded in (TaskState.SUCCEEDED, TaskState.FAILED)
+            state = TaskState(recorded) if keep and recorded else TaskState.PENDING
+        elif recorded == TaskState.SUCCEEDED and task.kind != TaskKind.SERVER:
+            state = TaskState.SUCCEEDED  # a Job once seen complete stays complete
+        elif task.kind == TaskKind.SERVER:
+            state = deployment_state(main)
+        elif task.kind == TaskKind.TRAIN:
+            state = pytorchjob_state(main, queued_by_kueue=queued_by_kueue)
+        else:
+            state = job_state(main, queued_by_kueue=queued_by_kueue)
+        if state == TaskState.FAILED and main is not None:
+            failures.append(failure_of(main, task.name))
+        states[task.name] = state
+    return states, refs, failures

@@ -1,0 +1,301 @@
+"""One reconcile of a FusionRun: observe its children, ask the planner, act, write the status.
+
+Level-triggered and idempotent: it may run any number of times, from any handler, after a restart.
+Side effects go through KubeApi (children, status) and an `emit` callback (Kubernetes Events).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubefusion_operator.api import RETRY_ANNOTATION, FusionRunSpec, as_dict
+from kubefusion_operator.kube import CHILD_KINDS, KubeApi
+from kubefusion_operator.metrics import OperatorMetrics
+from kubefusion_operator.observe import ChildFailure, observe
+from kubefusion_operator.planner import (
+    Action,
+    ActionType,
+    Task,
+    TaskKind,
+    TaskState,
+    next_actions,
+    plan_tasks,
+)
+from kubefusion_operator.render.configmap import build_config_map
+from kubefusion_operator.render.names import RUN_LABEL, RenderContext, label_value
+from kubefusion_operator.render.pytorchjob import build_pytorchjob
+from kubefusion_operator.render.serving import build_deployment
+from kubefusion_operator.render.task import build_task_children
+from kubefusion_operator.scrape import UNITS, scrape_progress
+from kubefusion_operator.status import Observation, build_status, previous_status
+from kubefusion_operator.validation import InvalidFusionRun, validate_document
+
+OBSERVED_KINDS = ("Deployment", "Job", "PyTorchJob")  # the objects whose state is a task's state
+Emit = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
+
+
+@dataclass
+class ReconcileConfig:
+    image: str
+    scrape: bool = True  # read progress from stage pods
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
+
+
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns old into new: removed keys become null, lists are whole."""
+    patch: dict[str, Any] = {k: None for k in old if k not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            sub = merge_patch(before, value)
+            if sub:
+                patch[key] = sub
+        elif value != before:
+            patch[key] = value
+    return patch
+
+
+def _unit(task: Task) -> str:
+    return UNITS["train" if task.kind == TaskKind.TRAIN else task.stage.split("-")[0]]
+
+
+class Reconciler:
+    def __init__(self, api: KubeApi, config: ReconcileConfig, metrics: OperatorMetrics) -> None:
+        self.api = api
+        self.config = config
+        self.metrics = metrics
+
+    async def reconcile(self, body: dict[str, Any], emit: Emit, *, scrape: bool = False) -> dict[str, Any]:
+        """Reconcile one run; the status it now has (camelCase)."""
+        meta = body["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        key = f"{namespace}/{name}"
+        previous = previous_status(body.get("status"))
+        generation = int(meta.get("generation") or 1)
+        try:
+            run = validate_document(
+                {k: v for k, v in body.items() if k != "status"} | {"status": None}, f"FusionRun {key}"
+            )
+        except InvalidFusionRun as exc:
+            message = "; ".join(str(e) for e in exc.errors)[:4000]
+            new_status = await self._write_status(
+                body,
+                previous,
+                None,
+                Observation(
+                    generation, "Failed", {}, reason="InvalidSpec", message=f"invalid spec: {message}"
+                ),
+                emit,
+            )
+            self.metrics.observe_run(key, "Failed", {})
+            return as_dict(new_status)
+        spec = run.spec
+        ctx = RenderContext(name, namespace, meta["uid"], spec, image=self.config.image)
+        tasks = plan_tasks(spec)
+        children: list[dict[str, Any]] = []
+        for kind in OBSERVED_KINDS:
+            children += await self.api.list(kind, namespace, {RUN_LABEL: name})
+        states, refs, failures = observe(
+            tasks, children, previous.tasks, queued_by_kueue=bool(spec.queue_name)
+        )
+        retry = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
+        actions = next_actions(spec, states, suspended=spec.suspend, retry=retry, tasks=tasks)
+        phase, failure = await self._act(ctx, tasks, states, refs, actions, failures, previous.tasks, emit)
+        if retry and not any(a.type == ActionType.RETRY for a in actions):
+            # Consumed (or nothing to retry): clear it so that a later failure is not retried silently.
+            await self.api.patch(
+                "FusionRun", namespace, name, {"metadata": {"annotations": {RETRY_ANNOTATION: None}}}
+            )
+        progress = {}
+        if (
+            scrape
+            and self.config.scrape
+            and any(s in (TaskState.RUNNING, TaskState.READY) for s in states.values())
+        ):
+            pods = await self.api.list("Pod", namespace, {RUN_LABEL: name})
+            progress = await scrape_progress(
+                pods,
+                {label_value(t.name): t.name for t in tasks},
+                self.api.scrape,
+                lambda t: _unit(next(x for x in tasks if x.name == t)),
+            )
+        obs = Observation(generation, phase, states, refs, failure, progress)
+        new = await self._write_status(body, previous, spec, obs, emit)
+        counts = new.counts
+        self.metrics.observe_run(
+            key,
+            phase,
+            {
+                "prompts": (counts.prompts or 0) if counts else 0,
+                "samples": (counts.samples or 0) if counts else 0,
+                "scored": (counts.scored or 0) if counts else 0,
+                "pairs": (counts.pairs or 0) if counts else 0,
+            },
+        )
+        return as_dict(new)
+
+    async def _act(
+        self,
+        ctx: RenderContext,
+        tasks: list[Task],
+        states: dict[str, TaskState],
+        refs: dict[str, list[str]],
+        actions: list[Action],
+        failures: list[ChildFailure],
+        persisted: dict[str, str],
+        emit: Emit,
+    ) -> tuple[Any, ChildFailure | None]:
+        by_name = {t.name: t for t in tasks}
+        phase = "Suspended" if ctx.spec.suspend else "Progressing"
+        failure: ChildFailure | None = None
+        config_ready = False
+        for action in actions:
+            task = by_name.get(action.task or "")
+            if action.type == ActionType.START and task is not None:
+                if not config_ready:
+                    await self._create(build_config_map(ctx))
+                    config_ready = True
+                for obj in build_task_children(ctx, task, suspended=ctx.spec.suspend):
+                    if await self._create(obj):
+                        refs.setdefault(task.name, []).append(f"{obj['kind']}/{obj['metadata']['name']}")
+                states[task.name] = TaskState.RUNNING
+            elif action.type == ActionType.STOP and task is not None:
+                await self._delete_task(ctx, task, refs)
+                states[task.name] = TaskState.PENDING
+                emit("Normal", "ServerStopped", f"{task.name}: {action.message}")
+            elif action.type in (ActionType.SUSPEND, ActionType.RESUME) and task is not None:
+                await self._set_suspended(ctx, task, action.type == ActionType.SUSPEND)
+                states[task.name] = (
+                    TaskState.SUSPENDED if action.type == ActionType.SUSPEND else TaskState.RUNNING
+                )
+            elif action.type == ActionType.RETRY and task is not None:
+                await self._delete_task(ctx, task, refs)
+                states[task.name] = TaskState.PENDING
+                persisted.pop(task.name, None)
+                emit("Normal", "StageRetried", f"retrying {task.name} ({RETRY_ANNOTATION})")
+            elif action.type == ActionType.FAIL:
+                phase = "Failed"
+                failure = next((f for f in failures if f.task == action.task), None)
+            elif action.type == ActionType.COMPLETE:
+                phase = "Succeeded"
+        work = [t for t in tasks if t.kind != TaskKind.SERVER]
+        if phase != "Failed" and all(states[t.name] == TaskState.SUCCEEDED for t in work):
+            phase = "Succeeded"  # a finished run stays finished, suspended or not
+        return phase, failure
+
+    async def _create(self, obj: dict[str, Any]) -> bool:
+        created = await self.api.create(obj)
+        if created:
+            self.metrics.children_created.labels(obj["kind"]).inc()
+        return created
+
+    async def _delete_task(self, ctx: RenderContext, task: Task, refs: dict[str, list[str]]) -> None:
+        for obj in reversed(build_task_children(ctx, task)):  # names are deterministic: no lookup needed
+            await self.api.delete(obj["kind"], ctx.namespace, obj["metadata"]["name"])
+        refs[task.name] = []
+
+    async def _set_suspended(self, ctx: RenderContext, task: Task, suspended: bool) -> None:
+        if task.kind == TaskKind.SERVER:
+            deploy = build_deployment(ctx, task, suspended=suspended)
+            await self.api.patch(
+                "Deployment",
+                ctx.namespace,
+                deploy["metadata"]["name"],
+                {"spec": {"replicas": deploy["spec"]["replicas"]}},
+            )
+        elif task.kind == TaskKind.TRAIN:
+            job = build_pytorchjob(ctx, task)
+            await self.api.patch(
+                "PyTorchJob",
+                ctx.namespace,
+                job["metadata"]["name"],
+                {"spec": {"runPolicy": {"suspend": suspended}}},
+            )
+        else:
+            for obj in build_task_children(ctx, task):
+                await self.api.patch(
+                    "Job", ctx.namespace, obj["metadata"]["name"], {"spec": {"suspend": suspended}}
+                )
+
+    async def _write_status(
+        self, body: dict[str, Any], previous: Any, spec: FusionRunSpec | None, obs: Observation, emit: Emit
+    ) -> Any:
+        meta = body["metadata"]
+        now = _now()
+        if spec is None:
+            from kubefusion_operator.status import _conditions
+
+            new = previous.model_copy()
+            new.observed_generation = obs.generation
+            new.conditions = _conditions(
+                previous.conditions,
+                "Failed",
+                obs.reason or "InvalidSpec",
+                obs.message or "",
+                obs.generation,
+                now,
+            )
+            new.message = obs.message
+        else:
+            root = RenderContext(meta["name"], meta["namespace"], meta.get("uid", ""), spec).storage_root
+            new = build_status(spec, meta["name"], root, previous, obs, now)
+        self._record_transitions(previous, new, emit, now)
+        old_dict, new_dict = as_dict(previous), as_dict(new)
+        if old_dict != new_dict:
+            patch = {"status": merge_patch(old_dict, new_dict)}
+            await self.api.patch("FusionRun", meta["namespace"], meta["name"], patch, subresource="status")
+        return new
+
+    def _record_transitions(self, previous: Any, new: Any, emit: Emit, now: datetime.datetime) -> None:
+        before = {r.name: r.state for r in previous.stages}
+        for record in new.stages:
+            old = before.get(record.name, "Pending")
+            if record.state == old:
+                continue
+            self.metrics.transitions.labels(record.name, record.state).inc()
+            if record.state == "Running" and old == "Pending":
+                emit("Normal", "StageStarted", f"stage {record.name} started")
+            elif record.state == "Succeeded":
+                emit("Normal", "StageSucceeded", f"stage {record.name} succeeded")
+                if record.start_time and record.end_time:
+                    self.metrics.durations.labels(record.name).observe(
+                        (record.end_time - record.start_time).total_seconds()
+                    )
+            elif record.state == "Failed":
+                emit("Warning", "StageFailed", f"stage {record.name} failed: {record.message or ''}"[:1000])
+            elif record.state == "Suspended":
+                emit("Normal", "StageSuspended", f"stage {record.name} suspended")
+        old_phase = next(
+            (
+                c.type
+                for c in previous.conditions
+                if c.status == "True" and c.type in ("Succeeded", "Failed", "Suspended")
+            ),
+            None,
+        )
+        new_phase = next(
+            (
+                c.type
+                for c in new.conditions
+                if c.status == "True" and c.type in ("Succeeded", "Failed", "Suspended")
+            ),
+            None,
+        )
+        if new_phase != old_phase and new_phase is not None:
+            emit(
+                "Warning" if new_phase == "Failed" else "Normal", f"Run{new_phase}", new.message or new_phase
+            )
+
+    async def cleanup(self, namespace: str, name: str) -> int:
+        """Delete every child of a run by label (there is no garbage collector to rely on everywhere)."""
+        deleted = 0
+        for kind in CHILD_KINDS:
+            for obj in await self.api.list(kind, namespace, {RUN_LABEL: name}):
+                deleted += await self.api.delete(kind, namespace, obj["metadata"]["name"])
+        return deleted

@@ -1,43 +1,40 @@
 {{/*
 The operator's API accesses, in one place. tests/integration/packaging/test_chart_rbac.py runs the
-operator against the Kubernetes emulator and checks that these rules grant every request it made and
-nothing more (no wildcards, no verb it never uses).
+operator's integration tests against the recording Kubernetes emulator and checks that these rules
+allow every request the operator made and grant nothing it never requested (no wildcards).
 */}}
 
-{{/* Rules the operator needs in every namespace it watches. */}}
-{{- define "kubefusion.namespacedRules" -}}
-# FusionRuns: watched, annotated by kopf (progress, finalizers) and their status written.
+{{/* Rules the operator needs in every namespace it serves (the same rules cluster-wide in cluster mode). */}}
+{{- define "kubefusion.rules" -}}
+# FusionRuns: kopf lists and watches them and patches its bookkeeping annotations; the reconciler
+# reads one before acting, clears the retry annotation and writes the status.
 - apiGroups: ["kubefusion.dev"]
   resources: ["fusionruns"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["kubefusion.dev"]
   resources: ["fusionruns/status"]
-  verbs: ["get", "patch"]
-# A run's children: vLLM servers, stage Jobs, training PyTorchJobs and the run's config.
+  verbs: ["patch"]
+# Children whose state is a stage's state: watched (kopf) and listed by run label; created, suspended
+# and resumed (patch), deleted on retry, when a server is no longer needed and when the run is deleted.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-- apiGroups: [""]
-  resources: ["services", "configmaps"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Events on FusionRuns (kopf posts them to the core API).
+  verbs: ["list", "watch", "create", "patch", "delete"]
+# The run's config (ConfigMap) and the vLLM Services: created, listed and deleted with the run.
+- apiGroups: [""]
+  resources: ["configmaps", "services"]
+  verbs: ["list", "create", "delete"]
+# Stage pods: listed to read their progress over HTTP (never exec, logs or secrets).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+# Events about FusionRuns (kopf posts them to the core API).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
-{{- end }}
-
-{{/* Rules that only make sense cluster-wide (kopf's discovery of namespaces and CRDs). */}}
-{{- define "kubefusion.clusterRules" -}}
-- apiGroups: ["apiextensions.k8s.io"]
-  resources: ["customresourcedefinitions"]
-  verbs: ["list", "watch"]
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["list", "watch"]
 {{- end }}

@@ -273,3 +273,28 @@ def test_missing_service_account_name_fails_clearly() -> None:
 def test_rbac_can_be_left_to_the_cluster_admin() -> None:
     objects = render({"rbac": {"create": False}})
     assert not [o for o in objects if o["apiVersion"].startswith("rbac.authorization.k8s.io")]
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_the_operator_command_line_parses_with_the_real_cli(
+    value_set: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubefusion_operator import cli, main
+
+    values = VALUE_SETS[value_set]
+    container = only(render(values), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[0] == "operator" and args[0] in cli.DELEGATED  # the image's ENTRYPOINT is `kubefusion`
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    monkeypatch.setenv("KUBEFUSION_IMAGE", env["KUBEFUSION_IMAGE"])
+    parsed = main.build_parser().parse_args(args[1:])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert parsed.metrics_port == ports["metrics"] and parsed.health_port == ports["health"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert parsed.image == env["KUBEFUSION_IMAGE"]
+    expected = (
+        (values.get("watch", {}).get("namespaces") or [NAMESPACE])
+        if values.get("watch", {}).get("mode") == "namespaced"
+        else []
+    )
+    assert parsed.namespace == expected

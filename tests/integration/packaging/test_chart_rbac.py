@@ -1,0 +1,120 @@
+"""The chart's RBAC grants exactly what the operator does in its integration tests, and nothing broader.
+
+The operator's integration tests (tests/integration/operator) run the real kopf operator against the
+recording Kubernetes emulator; packaging_rbac_lifecycle.py adds what users do to a run (progress
+scraping, suspend/resume of Jobs, servers and PyTorchJobs, retry, delete). This test runs both with
+packaging_rbac_recorder loaded, keeps the requests the operator itself sent (told apart from the
+tests' own kmock/kubectl requests by their User-Agent), and checks the rendered RBAC, evaluated like
+the API server's RBAC authorizer:
+- every request is allowed, in cluster mode and in namespaced mode (watching the namespaces used);
+- every granted (apiGroup, resource, verb) was requested by the operator: no unused grant, no `*`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import REPO_ROOT, subprocess_env
+
+sys.path.insert(0, str(REPO_ROOT / "tests" / "unit" / "packaging"))
+from packaging_chart import NAMESPACE, find, only, render
+from packaging_rbac import Access, allowed, granted_rules
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HERE = Path(__file__).resolve().parent
+OPERATOR_TESTS = REPO_ROOT / "tests" / "integration" / "operator"
+# Requests the tests make themselves, playing the user (kubectl) or poking the API directly (kmock).
+TEST_DRIVER_AGENTS = ("kmock/", "kubectl/")
+
+
+@pytest.fixture(scope="module")
+def operator_requests(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    record = tmp_path_factory.mktemp("rbac") / "requests.jsonl"
+    env = subprocess_env(KUBEFUSION_RBAC_RECORD=str(record))
+    env["PYTHONPATH"] = f"{HERE}{':' + env['PYTHONPATH'] if env.get('PYTHONPATH') else ''}"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(OPERATOR_TESTS),
+            str(HERE / "packaging_rbac_lifecycle.py"),
+            "-q",
+            "-p",
+            "packaging_rbac_recorder",
+            "-p",
+            "no:cacheprovider",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    # A failing operator test means a partial record: judging RBAC on it would prove nothing.
+    assert result.returncode == 0, (
+        f"the operator's integration tests failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
+    )
+    requests = [json.loads(line) for line in record.read_text().splitlines()]
+    return [r for r in requests if not r["user_agent"].startswith(TEST_DRIVER_AGENTS)]
+
+
+def _access(request: dict[str, Any], namespace: str | None = None) -> Access:
+    resource = request["resource"] + (f"/{request['subresource']}" if request["subresource"] else "")
+    return Access(request["verb"], request["api_group"], resource, namespace or request["namespace"])
+
+
+def _rule_triples(rules: list[dict[str, Any]]) -> Iterator[tuple[str, str, str]]:
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    yield group, resource, verb
+
+
+def test_the_operator_was_seen_at_work(operator_requests: list[dict[str, Any]]) -> None:
+    agents = {r["user_agent"].split("/")[0] for r in operator_requests}
+    assert "kopf" in agents, f"no request from the operator (kopf) was recorded; agents: {agents}"
+    assert any(r["verb"] == "create" for r in operator_requests), "the operator created no children"
+
+
+def test_cluster_mode_allows_every_request_the_operator_made(operator_requests: list[dict[str, Any]]) -> None:
+    objects = render({})
+    account = only(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    granted = granted_rules(objects, account, NAMESPACE)
+    denied = sorted({str(_access(r)) for r in operator_requests if not allowed(granted, _access(r))})
+    assert not denied, "the chart's RBAC denies requests the operator makes:\n" + "\n".join(denied)
+
+
+def test_cluster_mode_grants_nothing_the_operator_never_requested(
+    operator_requests: list[dict[str, Any]],
+) -> None:
+    used = {(a.api_group, a.resource, a.verb) for a in map(_access, operator_requests)}
+    rules = only(render({}), "ClusterRole")["rules"]
+    unused = sorted(set(_rule_triples(rules)) - used)
+    assert not unused, f"granted but never requested by the operator (apiGroup, resource, verb): {unused}"
+
+
+def test_namespaced_mode_allows_the_operator_in_its_namespaces(
+    operator_requests: list[dict[str, Any]],
+) -> None:
+    namespaces = sorted({r["namespace"] for r in operator_requests if r["namespace"]})
+    assert namespaces, "the operator made no namespaced request"
+    objects = render({"watch": {"mode": "namespaced", "namespaces": namespaces}})
+    account = only(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    granted = granted_rules(objects, account, NAMESPACE)
+    assert not find(objects, "ClusterRole")
+    denied = set()
+    for request in operator_requests:
+        # Watching given namespaces, the operator lists and watches per namespace instead of cluster-wide.
+        scopes = [request["namespace"]] if request["namespace"] else namespaces
+        denied |= {str(_access(request, ns)) for ns in scopes if not allowed(granted, _access(request, ns))}
+    assert not denied, "namespaced mode denies requests the operator makes:\n" + "\n".join(sorted(denied))

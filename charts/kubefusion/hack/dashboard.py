@@ -61,6 +61,72 @@ PANELS: list[tuple[str, str, str, list[tuple[str, str]], int, int]] = [
         12,
         8,
     ),
+    # The operator (scraped through the chart's ServiceMonitor).
+    (
+        "FusionRuns by phase",
+        "timeseries",
+        "none",
+        [("{{phase}}", "sum by (phase) (kubefusion_operator_runs)")],
+        12,
+        8,
+    ),
+    (
+        "Stage failures and successes (per hour)",
+        "timeseries",
+        "none",
+        [
+            (
+                "{{stage}} {{state}}",
+                'sum by (stage, state) (increase(kubefusion_operator_stage_transitions_total{state=~"Succeeded|Failed"}[1h]))',
+            )
+        ],
+        12,
+        8,
+    ),
+    (
+        "Stage duration (p50, p90)",
+        "timeseries",
+        "s",
+        [
+            (
+                "p50 {{stage}}",
+                "histogram_quantile(0.5, sum by (le, stage) (rate(kubefusion_operator_stage_duration_seconds_bucket[6h])))",
+            ),
+            (
+                "p90 {{stage}}",
+                "histogram_quantile(0.9, sum by (le, stage) (rate(kubefusion_operator_stage_duration_seconds_bucket[6h])))",
+            ),
+        ],
+        12,
+        8,
+    ),
+    (
+        "Work done by running runs",
+        "timeseries",
+        "short",
+        [("{{kind}}", "sum by (kind) (kubefusion_operator_work_items)")],
+        12,
+        8,
+    ),
+    (
+        "Reconciles and errors (per second)",
+        "timeseries",
+        "ops",
+        [
+            ("reconciles", "sum(rate(kubefusion_operator_reconciles_total[5m]))"),
+            ("errors {{kind}}", "sum by (kind) (rate(kubefusion_operator_reconcile_errors_total[5m]))"),
+        ],
+        12,
+        8,
+    ),
+    (
+        "Children created (per hour)",
+        "timeseries",
+        "none",
+        [("{{kind}}", "sum by (kind) (increase(kubefusion_operator_children_created_total[1h]))")],
+        12,
+        8,
+    ),
     (
         "Stage pods up",
         "timeseries",

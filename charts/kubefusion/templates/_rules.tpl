@@ -38,3 +38,13 @@ allow every request the operator made and grant nothing it never requested (no w
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
+
+
+{{/* Cluster mode only: kopf lists and watches CRDs to notice resources (e.g. PyTorchJob) installed after it
+started. In namespaced mode the chart grants nothing cluster-wide; kopf then logs a warning and only
+rescans on restart. */}}
+{{- define "kubefusion.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- end }}

@@ -87,6 +87,10 @@ async def test_progress_suspend_retry_and_delete(emulator, tmp_path) -> None:
     Gauge("kubefusion_progress_done", "done", ["stage"], registry=registry).labels("prepare").set(7)
     Gauge("kubefusion_progress_total", "total", ["stage"], registry=registry).labels("prepare").set(10)
     server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
+    # Every real API server serves CRDs; kopf watches them to notice resources installed later.
+    emulator.declare(
+        "apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", namespaced=False
+    )
     try:
         async with operator_running(emulator, tmp_path, fast_config()):
             await create_run(emulator, example(RUN))

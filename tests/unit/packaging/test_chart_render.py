@@ -298,3 +298,21 @@ def test_the_operator_command_line_parses_with_the_real_cli(
         else []
     )
     assert parsed.namespace == expected
+
+
+def test_clashing_ports_fail_clearly() -> None:
+    import helm_python as helm
+
+    with pytest.raises(helm.HelmError, match=r"metrics\.port and operator\.healthPort must differ"):
+        render({"metrics": {"port": 9000}, "operator": {"healthPort": 9000}})
+
+
+def test_notes_tell_how_to_check_and_use_the_operator() -> None:
+    from packaging_chart import render_manifests
+
+    notes = render_manifests({})["kubefusion/templates/NOTES.txt"]
+    assert f"kubectl -n {NAMESPACE} rollout status deployment/{RELEASE}-kubefusion" in notes
+    assert "kubectl get fr -w" in notes and "kubefusion.dev/retry-stage" in notes
+    assert "crds/fusionrun.yaml" not in notes  # the chart installed the CRD
+    external = render_manifests(VALUE_SETS["external-crd-and-sa"])["kubefusion/templates/NOTES.txt"]
+    assert "crds/fusionrun.yaml" in external

@@ -44,6 +44,7 @@ allow every request the operator made and grant nothing it never requested (no w
 started. In namespaced mode the chart grants nothing cluster-wide; kopf then logs a warning and only
 rescans on restart. */}}
 {{- define "kubefusion.clusterRules" -}}
+# kopf: notice CRDs (e.g. PyTorchJob) installed after the operator started. Read-only.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["list", "watch"]

@@ -32,6 +32,7 @@ class OperatorConfig:
     watch_timeout: float = 300.0  # server-side watch timeout; kopf re-lists after it
     reconnect_backoff: float = 1.0  # seconds before a broken watch is re-opened
     batch_window: float = 0.1  # kopf's per-object event batching window
+    exit_timeout: float = 2.0  # seconds kopf lets running handlers finish when it stops
     scrape: bool = True  # read stage progress from stage pods' metrics endpoints
 
 
@@ -60,7 +61,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.watching.reconnect_backoff = config.reconnect_backoff
         settings.batching.batch_window = config.batch_window
         settings.batching.idle_timeout = max(config.batch_window * 10, 1.0)
-        settings.batching.exit_timeout = 2.0
+        settings.batching.exit_timeout = config.exit_timeout
         settings.peering.standalone = True
         memo.setdefault("metrics", OperatorMetrics())
         memo.locks = {}
@@ -117,6 +118,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             return
         if meta.get("deletionTimestamp"):
             return
+        if "ticker" not in memo:
+            # Started from a handler, not at startup: it needs the context kopf.event() posts from.
+            memo.ticker = asyncio.create_task(tick(memo, logger))
         await reconcile(memo, meta["namespace"], meta["name"], logger)
 
     async def cleanup(namespace: str, name: str, memo: kopf.Memo, logger: Any) -> None:
@@ -143,10 +147,6 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
                     namespace, name = key.split("/", 1)
                     with contextlib.suppress(Exception):  # counted and logged; the next tick retries
                         await reconcile(memo, namespace, name, logger, scrape=True)
-
-    @kopf.on.startup(registry=registry, id="progress-ticker")
-    async def start_ticker(memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-        memo.ticker = asyncio.create_task(tick(memo, logger))
 
     @kopf.on.cleanup(registry=registry, id="stop-ticker")
     async def stop_ticker(memo: kopf.Memo, **_: Any) -> None:

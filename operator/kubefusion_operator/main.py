@@ -86,6 +86,21 @@ async def run_operator(
 ) -> None:
     """Run until cancelled or stop_flag is set (tests and benchmarks call this directly)."""
     memo = kopf.Memo(metrics=metrics or OperatorMetrics())
+    try:
+        await _operator(config, namespaces, memo, liveness_endpoint, stop_flag, ready_flag)
+    finally:  # also when cancelled, where kopf's cleanup handlers do not run
+        if "reconciler" in memo:
+            await memo.reconciler.api.close()
+
+
+async def _operator(
+    config: OperatorConfig,
+    namespaces: list[str] | None,
+    memo: kopf.Memo,
+    liveness_endpoint: str | None,
+    stop_flag: Any,
+    ready_flag: Any,
+) -> None:
     await kopf.operator(
         registry=build_registry(config),
         clusterwide=not namespaces,

@@ -106,7 +106,9 @@ class Reconciler:
         )
         retry = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
         actions = next_actions(spec, states, suspended=spec.suspend, retry=retry, tasks=tasks)
-        phase, failure = await self._act(ctx, tasks, states, refs, actions, failures, previous.tasks, emit)
+        phase, failure = await self._act(
+            ctx, tasks, states, refs, actions, failures, dict(previous.tasks), emit
+        )
         if retry and not any(a.type == ActionType.RETRY for a in actions):
             # Consumed (or nothing to retry): clear it so that a later failure is not retried silently.
             await self.api.patch(

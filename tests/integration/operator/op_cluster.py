@@ -40,7 +40,9 @@ DEPLOYMENTS, JOBS, PYTORCHJOBS, SERVICES = (
 
 def fast_config(**overrides: Any) -> OperatorConfig:
     """Tight timings so that tests take seconds."""
-    values = dict(progress_interval=0.5, watch_timeout=30, reconnect_backoff=0.1, batch_window=0.02)
+    values = dict(
+        progress_interval=0.5, watch_timeout=30, reconnect_backoff=0.1, batch_window=0.02, exit_timeout=0.1
+    )
     values.update(overrides)
     return OperatorConfig(**values)
 

@@ -39,6 +39,7 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import aiohttp
 import aiohttp.web
 import jsonpatch
 import kmock
@@ -116,6 +117,8 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.api_requests: list[ApiRequest] = []
+        # Every write as the watchers see it, in order: (ADDED|MODIFIED|DELETED, plural, name).
+        self.timeline: list[tuple[str, str, str]] = []
         self._rv = itertools.count(1000)
         self.fallback["get", "/openapi/v2"] << {"swagger": "2.0", "info": {}, "paths": {}, "definitions": {}}
         self.fallback["get", "/openapi/v3"] << {"paths": {}}
@@ -168,6 +171,10 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         resource = kmock.resource(key)
         async with self._lock:
             return await self._patch(resource, namespace, name, patch, subresource=None, system=True)
+
+    async def _publish(self, resource: kmock.resource, type_: str, obj: dict[str, Any]) -> None:
+        self.timeline.append((type_, resource.plural, obj["metadata"]["name"]))
+        await self._buses[resource].put({"type": type_, "object": obj})
 
     # -- the API server -----------------------------------------------------------------------------
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
@@ -248,7 +255,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             self.objects[key].create(data)
         else:
             self.objects[key] = data
-        await self._buses[request.resource].put({"type": "ADDED", "object": copy.deepcopy(data)})
+        await self._publish(request.resource, "ADDED", copy.deepcopy(data))
         return data
 
     async def _patch(
@@ -310,9 +317,9 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         stored.history.append(new)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             stored.delete()
-            await self._buses[resource].put({"type": "DELETED", "object": copy.deepcopy(new)})
+            await self._publish(resource, "DELETED", copy.deepcopy(new))
         else:
-            await self._buses[resource].put({"type": "MODIFIED", "object": copy.deepcopy(new)})
+            await self._publish(resource, "MODIFIED", copy.deepcopy(new))
         return new
 
     async def _delete(self, resource: kmock.resource, namespace: str | None, name: str) -> dict[str, Any]:
@@ -323,10 +330,10 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 obj["metadata"]["deletionTimestamp"] = _now()
                 obj["metadata"]["resourceVersion"] = str(next(self._rv))
                 stored.history.append(obj)
-                await self._buses[resource].put({"type": "MODIFIED", "object": copy.deepcopy(obj)})
+                await self._publish(resource, "MODIFIED", copy.deepcopy(obj))
             return obj
         stored.delete()
-        await self._buses[resource].put({"type": "DELETED", "object": obj})
+        await self._publish(resource, "DELETED", obj)
         return obj
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
@@ -382,7 +389,13 @@ def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:
 @contextlib.asynccontextmanager
 async def emulator_server() -> AsyncIterator[RecordingEmulator]:
     """A started RecordingEmulator on a free 127.0.0.1 port; its base URL is `str(emulator.url)`."""
-    async with RecordingEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1"):
+
+    # The tests' own client opens a connection per request: a kept-alive one could be stuck behind
+    # the streams of an operator that a test has just cancelled.
+    def client(url: Any) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(force_close=True))
+
+    async with RecordingEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1", client_fct=client):
         yield emulator
 
 

@@ -1,9 +1,10 @@
-"""The operator through a run's whole lifecycle against the emulator, for RBAC derivation.
+"""What the operator's own integration tests leave out, for RBAC derivation: run against the emulator.
 
-Not collected on its own (no test_ prefix): test_chart_rbac.py runs it, with the operator's integration
-tests, under packaging_rbac_recorder. Besides a plain run (the operator's own tests), the chart's
-RBAC must cover what users do to a run: progress scraped from stage pods, suspend and resume, a failed
-stage retried with the kubefusion.dev/retry-stage annotation, and deleting the run.
+Not collected on its own (no test_ prefix): test_chart_rbac.py runs it together with
+tests/integration/operator under packaging_rbac_recorder. The operator's tests cover a full run,
+progress scraping, suspending stage Jobs and servers, retrying a failed Job and deleting a run; this
+adds the training stage's PyTorchJob being suspended, resumed, failed and retried, and kopf's CRD
+discovery (every real API server serves CRDs; kmock's emulator does not unless declared).
 """
 # ruff: noqa: F811  (the emulator fixture is imported from op_emulator)
 
@@ -14,8 +15,6 @@ import time
 
 import pytest
 from op_cluster import (
-    DEPLOYMENTS,
-    JOBS,
     PYTORCHJOBS,
     Cluster,
     children,
@@ -28,7 +27,6 @@ from op_cluster import (
     wait_for,
 )
 from op_emulator import emulator  # noqa: F401
-from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from kubefusion_operator.api import RETRY_ANNOTATION
 
@@ -37,39 +35,6 @@ pytestmark = pytest.mark.integration
 NS, RUN = "ns1", "quickstart"
 RUN_URL = f"/apis/kubefusion.dev/v1alpha1/namespaces/{NS}/fusionruns/{RUN}"
 MERGE = {"Content-Type": "application/merge-patch+json"}
-
-
-def _stage(emulator, name: str) -> dict:
-    return next((s for s in run_status(emulator, NS, RUN).get("stages", []) if s["name"] == name), {})
-
-
-def _job(emulator, name: str) -> dict:
-    return emulator.find(JOBS, NS, name) or {}
-
-
-async def _pod_for(emulator, job: dict, port: int) -> None:
-    """The Job controller's and kubelet's part: a running pod from the Job's template, serving metrics."""
-    template = job["spec"]["template"]
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": f"{job['metadata']['name']}-0",
-            "labels": template["metadata"]["labels"],
-            "annotations": {**template["metadata"].get("annotations", {}), "prometheus.io/port": str(port)},
-        },
-        "spec": template["spec"],
-        "status": {"phase": "Running", "podIP": "127.0.0.1"},
-    }
-    resp = await emulator.post(f"/api/v1/namespaces/{NS}/pods", json=pod)
-    assert resp.status == 201, await resp.text()
-
-
-async def _suspend_and_resume(emulator, suspended, resumed, what: str) -> None:
-    await emulator.patch(RUN_URL, json={"spec": {"suspend": True}}, headers=MERGE)
-    await wait_for(suspended, what=f"suspended {what}")
-    await emulator.patch(RUN_URL, json={"spec": {"suspend": False}}, headers=MERGE)
-    await wait_for(resumed, what=f"resumed {what}")
 
 
 async def _advance_until(emulator, done, what: str) -> None:
@@ -82,72 +47,32 @@ async def _advance_until(emulator, done, what: str) -> None:
         await asyncio.sleep(0.02)
 
 
-async def test_progress_suspend_retry_and_delete(emulator, tmp_path) -> None:
-    registry = CollectorRegistry()
-    Gauge("kubefusion_progress_done", "done", ["stage"], registry=registry).labels("prepare").set(7)
-    Gauge("kubefusion_progress_total", "total", ["stage"], registry=registry).labels("prepare").set(10)
-    server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
-    # Every real API server serves CRDs; kopf watches them to notice resources installed later.
+async def test_training_stage_suspend_failure_and_retry(emulator, tmp_path) -> None:
     emulator.declare(
         "apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", namespaced=False
     )
-    try:
-        async with operator_running(emulator, tmp_path, fast_config()):
-            await create_run(emulator, example(RUN))
-            jobs = await wait_for(lambda: children(emulator, JOBS), what="the first stage Job")
-            prepare = jobs[0]
+    async with operator_running(emulator, tmp_path, fast_config()):
+        await create_run(emulator, example(RUN))
+        await _advance_until(emulator, lambda: children(emulator, PYTORCHJOBS), "the SFT PyTorchJob")
+        sft = children(emulator, PYTORCHJOBS)[0]
 
-            # Progress: the operator lists the run's pods and reads their metrics.
-            await _pod_for(emulator, _job(emulator, prepare), server.server_port)
-            await wait_for(
-                lambda: (_stage(emulator, "prepare").get("progress") or {}).get("done") == 7, what="progress"
-            )
+        def sft_job() -> dict:
+            return emulator.find(PYTORCHJOBS, NS, sft) or {}
 
-            # Suspend and resume a stage Job, the vLLM servers and a training PyTorchJob.
-            await _suspend_and_resume(
-                emulator,
-                lambda: _job(emulator, prepare)["spec"].get("suspend") is True,
-                lambda: _job(emulator, prepare)["spec"].get("suspend") is False,
-                "Job",
-            )
-            await _advance_until(emulator, lambda: children(emulator, DEPLOYMENTS), "the vLLM servers")
-            server_name = children(emulator, DEPLOYMENTS)[0]
-            await _suspend_and_resume(
-                emulator,
-                lambda: emulator.find(DEPLOYMENTS, NS, server_name)["spec"]["replicas"] == 0,
-                lambda: emulator.find(DEPLOYMENTS, NS, server_name)["spec"]["replicas"] > 0,
-                "Deployment",
-            )
-            await _advance_until(emulator, lambda: children(emulator, PYTORCHJOBS), "the SFT PyTorchJob")
-            sft = children(emulator, PYTORCHJOBS)[0]
+        # Suspend and resume: the operator patches the PyTorchJob's runPolicy.suspend.
+        await emulator.patch(RUN_URL, json={"spec": {"suspend": True}}, headers=MERGE)
+        await wait_for(lambda: sft_job()["spec"]["runPolicy"].get("suspend") is True, what="suspended")
+        await emulator.patch(RUN_URL, json={"spec": {"suspend": False}}, headers=MERGE)
+        await wait_for(lambda: sft_job()["spec"]["runPolicy"].get("suspend") is False, what="resumed")
 
-            def sft_suspend() -> bool | None:
-                return emulator.find(PYTORCHJOBS, NS, sft)["spec"]["runPolicy"].get("suspend")
-
-            await _suspend_and_resume(
-                emulator, lambda: sft_suspend() is True, lambda: sft_suspend() is False, "PyTorchJob"
-            )
-
-            # A failed stage, retried: the operator deletes the failed PyTorchJob to start it again.
-            # (Re-creating it is the operator's own tests' business; RBAC needs the delete seen here.)
-            await Cluster(emulator, NS).train(sft, "Failed")
-            await wait_for(lambda: condition(emulator, NS, RUN, "Failed") == "True", what="Failed")
-            failed_uid = emulator.find(PYTORCHJOBS, NS, sft)["metadata"]["uid"]
-            await emulator.patch(
-                RUN_URL, json={"metadata": {"annotations": {RETRY_ANNOTATION: "sft"}}}, headers=MERGE
-            )
-            await wait_for(
-                lambda: (
-                    (emulator.find(PYTORCHJOBS, NS, sft) or {}).get("metadata", {}).get("uid") != failed_uid
-                ),
-                what="failed PyTorchJob deleted",
-            )
-
-            # Delete: the operator removes every child it created.
-            assert (await emulator.delete(RUN_URL)).status == 200
-            await wait_for(
-                lambda: not children(emulator, JOBS) and not emulator.live("v1/configmaps", NS),
-                what="children deleted",
-            )
-    finally:
-        server.shutdown()
+        # A failed training stage, retried: the operator deletes the failed PyTorchJob and starts it again.
+        await Cluster(emulator, NS).train(sft, "Failed")
+        await wait_for(lambda: condition(emulator, NS, RUN, "Failed") == "True", what="Failed")
+        failed_uid = sft_job()["metadata"]["uid"]
+        await emulator.patch(
+            RUN_URL, json={"metadata": {"annotations": {RETRY_ANNOTATION: "sft"}}}, headers=MERGE
+        )
+        await wait_for(
+            lambda: sft_job().get("metadata", {}).get("uid") not in (None, failed_uid),
+            what="a new PyTorchJob",
+        )

@@ -1,8 +1,8 @@
 """The chart's RBAC grants exactly what the operator does in its integration tests, and nothing broader.
 
 The operator's integration tests (tests/integration/operator) run the real kopf operator against the
-recording Kubernetes emulator; packaging_rbac_lifecycle.py adds what users do to a run (progress
-scraping, suspend/resume of Jobs, servers and PyTorchJobs, retry, delete). This test runs both with
+recording Kubernetes emulator; packaging_rbac_lifecycle.py adds what those leave out (a training
+PyTorchJob suspended, resumed, failed and retried; kopf's CRD discovery). This test runs both with
 packaging_rbac_recorder loaded, keeps the requests the operator itself sent (told apart from the
 tests' own kmock/kubectl requests by their User-Agent), and checks the rendered RBAC, evaluated like
 the API server's RBAC authorizer:

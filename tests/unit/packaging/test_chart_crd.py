@@ -69,3 +69,12 @@ def test_sync_refuses_text_helm_would_treat_as_a_template() -> None:
 
     with pytest.raises(SystemExit, match="template action"):
         _sync_module().render_template("metadata:\n  name: x\nspec:\n  description: '{{ oops }}'\n")
+
+
+def test_helm_upgrades_the_crd_because_it_is_a_template() -> None:
+    import helm_python as helm
+
+    with helm.Chart.load(CHART_DIR) as chart:
+        assert chart.crds == []  # nothing in crds/, which Helm installs once and never upgrades
+        upgrade = chart.render({}, name="kf", namespace="kubefusion-system", is_upgrade=True, revision=2)
+    assert "kind: CustomResourceDefinition" in upgrade["kubefusion/templates/crds/fusionrun.yaml"]

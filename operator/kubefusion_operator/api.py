@@ -100,9 +100,7 @@ class StorageConfig(CamelModel):
         max_length=253,
         description="A ReadWriteMany PersistentVolumeClaim mounted in every pod.",
     )
-    sub_path: str | None = Field(
-        None, max_length=1024, description="Folder inside the volume. Default: the run name."
-    )
+    sub_path: str | None = Field(None, max_length=1024, description="Folder inside the volume. Default: the run name.")
     uri: str | None = Field(
         None,
         max_length=1024,
@@ -154,12 +152,8 @@ class FusionRunSpec(FusionConfig):
         data["sources"] = [s.model_dump(exclude={"serving"}) for s in self.sources]
         return FusionConfig.model_validate(data)
 
-    def to_run_config(
-        self, name: str, storage_root: str, endpoints: dict[str, str] | None = None
-    ) -> RunConfig:
-        return RunConfig(
-            name=name, storage_root=storage_root, endpoints=endpoints or {}, spec=self.to_fusion_config()
-        )
+    def to_run_config(self, name: str, storage_root: str, endpoints: dict[str, str] | None = None) -> RunConfig:
+        return RunConfig(name=name, storage_root=storage_root, endpoints=endpoints or {}, spec=self.to_fusion_config())
 
     def training_stages(self) -> dict[str, TrainingHyperparameters]:
         stages: dict[str, TrainingHyperparameters] = {"sft": self.training.sft}
@@ -189,9 +183,7 @@ StageState = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended", "
 class Condition(CamelModel):
     """A Kubernetes-style condition."""
 
-    type: str = Field(
-        ..., max_length=316, description="Ready, Succeeded, Failed, Progressing, Stalled or Suspended."
-    )
+    type: str = Field(..., max_length=316, description="Ready, Succeeded, Failed, Progressing, Stalled or Suspended.")
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field(..., max_length=1024, description="CamelCase machine-readable reason.")
     message: str = Field("", max_length=32768, description="Human-readable details.")
@@ -212,19 +204,13 @@ class StageRecord(CamelModel):
     """One stage of the run as last observed."""
 
     name: str = Field(..., max_length=63, description="Stage name, e.g. sample or sft.")
-    state: StageState = Field(
-        "Pending", description="Pending, Running, Succeeded, Failed, Suspended or Skipped."
-    )
+    state: StageState = Field("Pending", description="Pending, Running, Succeeded, Failed, Suspended or Skipped.")
     start_time: datetime | None = Field(None, description="When the stage started.")
     end_time: datetime | None = Field(None, description="When the stage finished.")
     progress: StageProgress | None = Field(None, description="Progress counts.")
-    outputs: list[str] = Field(
-        default_factory=list, description="Paths on the run's storage the stage wrote."
-    )
+    outputs: list[str] = Field(default_factory=list, description="Paths on the run's storage the stage wrote.")
     message: str | None = Field(None, max_length=32768, description="Failure or progress details.")
-    children: list[str] = Field(
-        default_factory=list, description="Kubernetes objects of the stage, kind/name."
-    )
+    children: list[str] = Field(default_factory=list, description="Kubernetes objects of the stage, kind/name.")
 
 
 class RunCounts(CamelModel):
@@ -244,9 +230,7 @@ class FusionRunStatus(CamelModel):
     stage: str | None = Field(None, max_length=63, description="The stage now running (or done).")
     progress: str | None = Field(None, max_length=63, description="Short progress text, e.g. '3/11 stages'.")
     conditions: list[Condition] = Field(default_factory=list, description="Kubernetes-style conditions.")
-    stages: list[StageRecord] = Field(
-        default_factory=list, description="Every stage of the recipe, in order."
-    )
+    stages: list[StageRecord] = Field(default_factory=list, description="Every stage of the recipe, in order.")
     counts: RunCounts | None = Field(None, description="Run-wide totals.")
     message: str | None = Field(None, max_length=32768, description="A one-line summary.")
     tasks: dict[str, StageState] = Field(
@@ -275,9 +259,7 @@ class FusionRun(CamelModel):
 def immutable_spec_fields() -> list[str]:
     """camelCase names of spec fields that may not change after creation."""
     return [
-        info.alias or name
-        for name, info in FusionRunSpec.model_fields.items()
-        if name not in _MUTABLE_SPEC_FIELDS
+        info.alias or name for name, info in FusionRunSpec.model_fields.items() if name not in _MUTABLE_SPEC_FIELDS
     ]
 
 

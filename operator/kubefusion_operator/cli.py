@@ -65,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = sub.add_parser("validate", help="check FusionRun files: schema and semantic rules")
-    validate.add_argument(
-        "-f", "--file", action="append", required=True, help="a FusionRun YAML (repeatable)"
-    )
+    validate.add_argument("-f", "--file", action="append", required=True, help="a FusionRun YAML (repeatable)")
     validate.set_defaults(func=_validate)
 
     plan = sub.add_parser("plan", help="print a run's stages, children and work counts")

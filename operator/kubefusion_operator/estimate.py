@@ -78,9 +78,7 @@ def plan_work(spec: FusionRunSpec) -> Plan:
         )
     plan = Plan(datasets)
     if any(d.prompts is None for d in datasets):
-        plan.notes.append(
-            "datasets without rowLimit have unknown size: their counts and GPU-hours are left out"
-        )
+        plan.notes.append("datasets without rowLimit have unknown size: their counts and GPU-hours are left out")
     _estimate_gpu_hours(spec, plan)
     return plan
 
@@ -95,9 +93,7 @@ def _estimate_gpu_hours(spec: FusionRunSpec, plan: Plan) -> None:
             if source.name in d.sources
         )
         if size is None:
-            plan.notes.append(
-                f"source {source.name}: size unknown from its model name, sampling not estimated"
-            )
+            plan.notes.append(f"source {source.name}: size unknown from its model name, sampling not estimated")
             continue
         throughput = 60000.0 / size * source.serving.gpus
         sampling += tokens / throughput / 3600 * source.serving.gpus

@@ -23,45 +23,24 @@ def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
             "serve-sources",
             f"serve the source models ({sources})",
             True,
-            tuple(
-                f"Deployment + Service (vLLM, {s.serving.gpus} GPU x {s.serving.replicas}) for {s.name}"
-                for s in spec.sources
-            ),
+            tuple(f"Deployment + Service (vLLM, {s.serving.gpus} GPU x {s.serving.replicas}) for {s.name}"
+                  for s in spec.sources),
         ),
         Stage("sample", "sample N answers per prompt from every source", False, ("Indexed Job (CPU)",)),
-        Stage(
-            "score",
-            "score answers: reward model, math answers, code tests",
-            True,
-            ("Job (reward model GPU)",),
-        ),
+        Stage("score", "score answers: reward model, math answers, code tests", True, ("Job (reward model GPU)",)),
         Stage("build", "build the SFT data and preference pairs", False, ("Job (CPU)",)),
         Stage("sft", "supervised fine-tuning of the target", True, ("PyTorchJob (DeepSpeed)",)),
     ]
     if spec.recipe == "wrpo":
         stages += [
-            Stage(
-                "serve-target",
-                "serve the SFT target",
-                True,
-                ("Deployment + Service (vLLM) for the SFT target",),
-            ),
-            Stage(
-                "sample-target",
-                "sample the SFT target on the preference prompts",
-                False,
-                ("Indexed Job (CPU)",),
-            ),
+            Stage("serve-target", "serve the SFT target", True, ("Deployment + Service (vLLM) for the SFT target",)),
+            Stage("sample-target", "sample the SFT target on the preference prompts", False, ("Indexed Job (CPU)",)),
             Stage("score-target", "score the target's answers", True, ("Job (reward model GPU)",)),
             Stage("build-wrpo", "build WRPO quadruples", False, ("Job (CPU)",)),
             Stage("wrpo", "weighted-reward preference optimisation", True, ("PyTorchJob (DeepSpeed)",)),
         ]
     else:
-        stages.append(
-            Stage("dpo", "direct preference optimisation (FuseChat-3.0)", True, ("PyTorchJob (DeepSpeed)",))
-        )
+        stages.append(Stage("dpo", "direct preference optimisation (FuseChat-3.0)", True, ("PyTorchJob (DeepSpeed)",)))
     if spec.evaluation is not None:
-        stages.append(
-            Stage("evaluate", "scorecard: fused vs original target on held-out prompts", True, ("Job",))
-        )
+        stages.append(Stage("evaluate", "scorecard: fused vs original target on held-out prompts", True, ("Job",)))
     return stages

@@ -46,9 +46,7 @@ _RELATIVE_PATH = re.compile(r"^(?:Value error, )?(?P<path>[A-Za-z][\w.\[\]]*): (
 def _from_pydantic(exc: ValidationError) -> list[FieldError]:
     errors: list[FieldError] = []
     for err in exc.errors(include_url=False):
-        base = _format_loc(
-            tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p and p.endswith("]")))
-        )
+        base = _format_loc(tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p and p.endswith("]"))))
         message = err["msg"]
         match = _RELATIVE_PATH.match(message)
         if err["type"] == "value_error" and match:
@@ -85,9 +83,7 @@ def _semantic_errors(run: FusionRun) -> list[FieldError]:
                     )
                 )
         if dataset.domain == "math" and not dataset.fields.answer:
-            errors.append(
-                FieldError(f"spec.datasets[{i}].fields.answer", "math datasets need a gold answer column")
-            )
+            errors.append(FieldError(f"spec.datasets[{i}].fields.answer", "math datasets need a gold answer column"))
         if dataset.domain == "code" and not dataset.fields.tests:
             errors.append(FieldError(f"spec.datasets[{i}].fields.tests", "code datasets need a tests column"))
     for i, source in enumerate(run.spec.sources):
@@ -105,9 +101,7 @@ def _semantic_errors(run: FusionRun) -> list[FieldError]:
 def validate_document(doc: Any, source: str = "<input>") -> FusionRun:
     """Parse and check one FusionRun document; raise InvalidFusionRun listing every problem."""
     if not isinstance(doc, dict):
-        raise InvalidFusionRun(
-            source, [FieldError("<root>", f"expected a mapping, got {type(doc).__name__}")]
-        )
+        raise InvalidFusionRun(source, [FieldError("<root>", f"expected a mapping, got {type(doc).__name__}")])
     try:
         run = FusionRun.model_validate(doc)
     except ValidationError as exc:
@@ -132,7 +126,5 @@ def load_fusionrun(path: str | Path) -> FusionRun:
     runs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FusionRun"]
     if len(runs) != 1:
         found = "no FusionRun" if not runs else f"{len(runs)} FusionRuns"
-        raise InvalidFusionRun(
-            str(path), [FieldError("<file>", f"expected exactly one FusionRun, found {found}")]
-        )
+        raise InvalidFusionRun(str(path), [FieldError("<file>", f"expected exactly one FusionRun, found {found}")])
     return validate_document(runs[0], str(path))

@@ -62,6 +62,9 @@ OPERATOR_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
 ]
 
 
+SHORT_NAMES = {"FusionRun": {"fr"}, "Deployment": {"deploy"}, "Service": {"svc"}, "ConfigMap": {"cm"}}
+
+
 class ApiRequest(NamedTuple):
     verb: str  # the RBAC verb
     api_group: str  # "" for the core group
@@ -129,6 +132,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 namespaced=namespaced,
                 subresources=set(subresources),
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
+                shortnames=SHORT_NAMES.get(kind, set()),
             )
 
     # -- helpers for tests ------------------------------------------------------------------------

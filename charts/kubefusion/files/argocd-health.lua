@@ -1,45 +1,42 @@
--- Argo CD health check for kubefusion.dev/FusionRun, for argocd-cm's
--- resource.customizations.health.kubefusion.dev_FusionRun. It reads the conditions the operator sets:
---   Succeeded=True -> Healthy; Failed or Stalled=True -> Degraded; Suspended=True -> Suspended;
---   anything else (no status yet, a generation not yet observed, running) -> Progressing.
-local hs = {status = "Progressing", message = "Waiting for the kubefusion operator"}
+-- Argo CD health check for kubefusion.dev/FusionRun.
+-- Install: resource.customizations.health.kubefusion.dev_FusionRun in argocd-cm (see docs/operator.md).
+-- Reads only the status the operator writes: observedGeneration and the conditions.
+local hs = {}
 if obj.status == nil or obj.status.conditions == nil then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the kubefusion operator"
   return hs
 end
-local generation = obj.metadata.generation
-local observed = obj.status.observedGeneration
-if generation ~= nil and observed ~= nil and observed < generation then
-  hs.message = "Waiting for the operator to observe generation " .. tostring(generation)
+if obj.metadata ~= nil and obj.metadata.generation ~= nil and obj.status.observedGeneration ~= nil
+    and obj.status.observedGeneration < obj.metadata.generation then
+  hs.status = "Progressing"
+  hs.message = "Waiting for the operator to observe generation " .. tostring(obj.metadata.generation)
   return hs
 end
 local conditions = {}
 for _, condition in ipairs(obj.status.conditions) do
   conditions[condition.type] = condition
 end
-local function is_true(kind)
-  return conditions[kind] ~= nil and conditions[kind].status == "True"
+local function is_true(type_)
+  return conditions[type_] ~= nil and conditions[type_].status == "True"
 end
-local function message_of(kind)
-  local condition = conditions[kind]
-  if condition ~= nil and condition.message ~= nil and condition.message ~= "" then
-    return condition.message
+local function message_of(type_, fallback)
+  if conditions[type_] ~= nil and conditions[type_].message ~= nil and conditions[type_].message ~= "" then
+    return conditions[type_].message
   end
-  return obj.status.message or kind
+  return fallback
 end
-if is_true("Failed") then
+if is_true("Failed") or is_true("Stalled") then
   hs.status = "Degraded"
-  hs.message = message_of("Failed")
-elseif is_true("Stalled") then
-  hs.status = "Degraded"
-  hs.message = message_of("Stalled")
+  hs.message = message_of("Failed", obj.status.message or "The run failed")
 elseif is_true("Succeeded") then
   hs.status = "Healthy"
-  hs.message = message_of("Succeeded")
+  hs.message = message_of("Succeeded", "The run succeeded")
 elseif is_true("Suspended") then
   hs.status = "Suspended"
-  hs.message = message_of("Suspended")
+  hs.message = message_of("Suspended", "The run is suspended")
 else
   hs.status = "Progressing"
-  hs.message = obj.status.progress or message_of("Progressing")
+  hs.message = obj.status.progress or message_of("Progressing", "The run is progressing")
 end
 return hs

@@ -1,10 +1,12 @@
-"""A pytest plugin that records every API request the operator's integration tests send to the emulator.
+"""Records every API request sent to the operator tests' emulator, with who sent it and in which test.
 
-Loaded with `-p packaging_rbac_recorder` into a pytest run of tests/integration/operator (see
-test_chart_rbac.py). It wraps op_emulator.RecordingEmulator._handle and, at the end of the session,
-writes one JSON line per request to $KUBEFUSION_RBAC_RECORD:
-{"verb", "api_group", "resource", "subresource", "namespace", "user_agent", "test"}.
-The User-Agent tells the operator (kopf, the kubernetes client) from the tests' own requests
+Two ways in (see test_chart_rbac.py):
+- install(), called at import by test_chart_rbac.py: records the requests of the operator's
+  integration tests that run earlier in the same pytest session;
+- as a plugin, `-p packaging_rbac_recorder`, in a separate pytest run; at the end of the session it
+  writes one JSON line per request to $KUBEFUSION_RBAC_RECORD.
+A record is {"verb", "api_group", "resource", "subresource", "namespaced", "namespace", "user_agent",
+"test"}. The User-Agent tells the operator (kopf, its aiohttp client) from the tests' own requests
 (kmock's client, kubectl).
 """
 
@@ -22,9 +24,13 @@ import pytest
 OPERATOR_TESTS = Path(__file__).resolve().parents[1] / "operator"
 
 _records: list[dict[str, Any]] = []
-_current_test = {"id": ""}
 # The HTTP request being handled: aiohttp serves each request in its own task, so this is exact.
 _current_request: contextvars.ContextVar[Any] = contextvars.ContextVar("current_request", default=None)
+
+
+def _current_test() -> str:
+    # pytest sets it for every test phase: "path::name (call)".
+    return os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
 
 
 class _AttributedRequests(list):
@@ -38,17 +44,20 @@ class _AttributedRequests(list):
                 **api_request._asdict(),
                 "namespace": getattr(request, "namespace", None),
                 "user_agent": request.headers.get("User-Agent", "") if request is not None else "",
-                "test": _current_test["id"],
+                "test": _current_test(),
             }
         )
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def install() -> None:
+    """Wrap op_emulator.RecordingEmulator (once) so that every emulator records into this module."""
     if str(OPERATOR_TESTS) not in sys.path:
         sys.path.insert(0, str(OPERATOR_TESTS))
     import op_emulator
 
     emulator_class = op_emulator.RecordingEmulator
+    if getattr(emulator_class, "_packaging_recorded", False):
+        return
     original_init, original_handle = emulator_class.__attrs_post_init__, emulator_class._handle
 
     def post_init(self: Any) -> None:
@@ -64,12 +73,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
     emulator_class.__attrs_post_init__ = post_init
     emulator_class._handle = handle
+    emulator_class._packaging_recorded = True
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-    _current_test["id"] = item.nodeid
-    yield
+def records() -> list[dict[str, Any]]:
+    return list(_records)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    install()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

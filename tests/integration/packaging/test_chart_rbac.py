@@ -1,11 +1,12 @@
 """The chart's RBAC grants exactly what the operator does in its integration tests, and nothing broader.
 
 The operator's integration tests (tests/integration/operator) run the real kopf operator against the
-recording Kubernetes emulator; packaging_rbac_lifecycle.py adds what those leave out (a training
-PyTorchJob suspended, resumed, failed and retried; kopf's CRD discovery). This test runs both with
-packaging_rbac_recorder loaded, keeps the requests the operator itself sent (told apart from the
-tests' own kmock/kubectl requests by their User-Agent), and checks the rendered RBAC, evaluated like
-the API server's RBAC authorizer:
+recording Kubernetes emulator; test_chart_lifecycle_rbac.py adds what those leave out (a training
+PyTorchJob suspended, resumed, failed and retried; kopf's CRD discovery). packaging_rbac_recorder
+records their requests (in this session, or in a subprocess run of both when they did not run here);
+this test keeps the requests the operator itself sent (told apart from the tests' own kmock/kubectl
+requests by their User-Agent) and checks the rendered RBAC, evaluated like the API server's RBAC
+authorizer:
 - every request is allowed, in cluster mode and in namespaced mode (watching the namespaces used);
 - every granted (apiGroup, resource, verb) was requested by the operator: no unused grant, no `*`.
 """
@@ -24,13 +25,19 @@ import pytest
 from conftest import REPO_ROOT, subprocess_env
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "unit" / "packaging"))
+import packaging_rbac_recorder as recorder
 from packaging_chart import NAMESPACE, find, only, render
 from packaging_rbac import Access, allowed, granted_rules
+
+# Record the emulator requests of the operator's integration tests that run before this module
+# (collection imports every module before any test runs).
+recorder.install()
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
 OPERATOR_TESTS = REPO_ROOT / "tests" / "integration" / "operator"
+LIFECYCLE = HERE / "test_chart_lifecycle_rbac.py"
 # Cluster-scoped discovery kopf degrades gracefully without (kopf/_core/reactor/observation.py catches
 # APIForbiddenError and warns): namespaced mode deliberately grants nothing cluster-wide.
 NAMESPACED_MODE_NOT_GRANTED = {("apiextensions.k8s.io", "customresourcedefinitions")}
@@ -38,36 +45,50 @@ NAMESPACED_MODE_NOT_GRANTED = {("apiextensions.k8s.io", "customresourcedefinitio
 TEST_DRIVER_AGENTS = ("kmock/", "kubectl/")
 
 
-@pytest.fixture(scope="module")
-def operator_requests(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+def _ran_earlier_in_this_session(request: pytest.FixtureRequest) -> bool:
+    """Did every operator integration test and the lifecycle scenario run, and pass, before this module?"""
+    items = request.session.items
+    first_here = min(i for i, item in enumerate(items) if Path(item.path) == Path(__file__))
+    sources = {Path(item.path) for item in items[:first_here]}
+    wanted = {*OPERATOR_TESTS.glob("test_*.py"), LIFECYCLE}
+    deselected = bool(request.config.getoption("keyword") or request.config.getoption("markexpr"))
+    return wanted <= sources and not deselected and request.session.testsfailed == 0
+
+
+def _run_recorded(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    """Run the operator's integration tests and the lifecycle scenario in a separate pytest, recorded."""
     record = tmp_path_factory.mktemp("rbac") / "requests.jsonl"
     env = subprocess_env(KUBEFUSION_RBAC_RECORD=str(record))
     env["PYTHONPATH"] = f"{HERE}{':' + env['PYTHONPATH'] if env.get('PYTHONPATH') else ''}"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            str(OPERATOR_TESTS),
-            str(HERE / "packaging_rbac_lifecycle.py"),
-            "-q",
-            "-p",
-            "packaging_rbac_recorder",
-            "-p",
-            "no:cacheprovider",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    command = [sys.executable, "-m", "pytest", str(OPERATOR_TESTS), str(LIFECYCLE), "-q"]
+    command += ["-p", "packaging_rbac_recorder", "-p", "no:cacheprovider"]
+    result = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     # A failing operator test means a partial record: judging RBAC on it would prove nothing.
     assert result.returncode == 0, (
         f"the operator's integration tests failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}"
     )
-    requests = [json.loads(line) for line in record.read_text().splitlines()]
-    return [r for r in requests if not r["user_agent"].startswith(TEST_DRIVER_AGENTS)]
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def operator_requests(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> list[dict[str, Any]]:
+    """The requests the operator (not the tests driving it) sent in the operator's integration tests.
+
+    In a full test run those tests ran earlier in this session, recorded by install() above; when
+    they did not (this file run alone, -k/-m selections, a failure), they run again in a subprocess.
+    """
+    if _ran_earlier_in_this_session(request):
+        recorded = recorder.records()
+    else:
+        recorded = _run_recorded(tmp_path_factory)
+    sources = (str(OPERATOR_TESTS.relative_to(REPO_ROOT)), str(LIFECYCLE.relative_to(REPO_ROOT)))
+    return [
+        r
+        for r in recorded
+        if r["test"].startswith(sources) and not r["user_agent"].startswith(TEST_DRIVER_AGENTS)
+    ]
 
 
 def _access(request: dict[str, Any], namespace: str | None = None) -> Access:

@@ -1,4 +1,5 @@
-"""The Argo CD health check the chart ships, run in a real Lua interpreter (lupa) on FusionRun objects."""
+"""The Argo CD health check the chart ships (the operator's argocd/health.lua), run in a real Lua
+interpreter (lupa) on FusionRuns in each phase the operator's status module sets."""
 
 from __future__ import annotations
 
@@ -6,11 +7,12 @@ from typing import Any
 
 import lupa
 import pytest
-from packaging_chart import CHART_DIR, VALUE_SETS, find, render
+from packaging_chart import CHART_DIR, REPO_ROOT, VALUE_SETS, find, render
 
 from kubefusion_operator.status import _CONDITIONS
 
 HEALTH_LUA = (CHART_DIR / "files" / "argocd-health.lua").read_text()
+OPERATOR_LUA = REPO_ROOT / "operator" / "kubefusion_operator" / "argocd" / "health.lua"
 KEY = "resource.customizations.health.kubefusion.dev_FusionRun"
 
 
@@ -65,6 +67,12 @@ def test_a_run_without_status_or_with_a_stale_one_is_progressing() -> None:
 def test_messages_explain_the_state() -> None:
     assert health(fusionrun("Failed"))["message"] == "Failed is True"
     assert health(fusionrun("Progressing", progress="3/8 stages"))["message"] == "3/8 stages"
+
+
+def test_the_chart_carries_the_operators_check_unchanged() -> None:
+    assert HEALTH_LUA == OPERATOR_LUA.read_text(), (
+        "cp operator/kubefusion_operator/argocd/health.lua charts/kubefusion/files/argocd-health.lua"
+    )
 
 
 def test_the_chart_renders_the_check_under_argocds_key() -> None:

@@ -1,7 +1,7 @@
 """What the operator's own integration tests leave out, for RBAC derivation: run against the emulator.
 
-Not collected on its own (no test_ prefix): test_chart_rbac.py runs it together with
-tests/integration/operator under packaging_rbac_recorder. The operator's tests cover a full run,
+test_chart_rbac.py derives the chart's RBAC from the requests of this test and of
+tests/integration/operator (which must run first: this file sorts before it). The operator's tests cover a full run,
 progress scraping, suspending stage Jobs and servers, retrying a failed Job and deleting a run; this
 adds the training stage's PyTorchJob being suspended, resumed, failed and retried, and kopf's CRD
 discovery (every real API server serves CRDs; kmock's emulator does not unless declared).
@@ -11,9 +11,13 @@ discovery (every real API server serves CRDs; kmock's emulator does not unless d
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))  # the operator's test harness
 from op_cluster import (
     PYTORCHJOBS,
     Cluster,

@@ -70,7 +70,7 @@ def test_messages_explain_the_state() -> None:
 
 
 def test_the_chart_carries_the_operators_check_unchanged() -> None:
-    assert HEALTH_LUA == OPERATOR_LUA.read_text(), (
+    assert OPERATOR_LUA.read_text() == HEALTH_LUA, (
         "cp operator/kubefusion_operator/argocd/health.lua charts/kubefusion/files/argocd-health.lua"
     )
 

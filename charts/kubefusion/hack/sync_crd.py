@@ -28,8 +28,10 @@ metadata:
 {source_labels}    {{{{- include "kubefusion.releaseLabels" . | nindent 4 }}}}
   {{{{- if .Values.crds.keep }}}}
   annotations:
-    # Uninstalling the chart must not delete the CRD: that would delete every FusionRun.
+    # Uninstalling the chart must not delete the CRD: that would delete every FusionRun. Helm (and
+    # Flux) honour resource-policy; Argo CD, which applies the rendered chart itself, the sync options.
     helm.sh/resource-policy: keep
+    argocd.argoproj.io/sync-options: Prune=false,Delete=false
   {{{{- end }}}}
 """
 

@@ -53,7 +53,10 @@ def test_the_rendered_crd_equals_the_generated_one_plus_release_metadata() -> No
 
 def test_the_crd_is_kept_on_uninstall_unless_told_otherwise() -> None:
     kept = only(render({}), "CustomResourceDefinition")
-    assert kept["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert kept["metadata"]["annotations"] == {
+        "helm.sh/resource-policy": "keep",
+        "argocd.argoproj.io/sync-options": "Prune=false,Delete=false",
+    }
     dropped = only(render({"crds": {"keep": False}}), "CustomResourceDefinition")
     assert "annotations" not in dropped["metadata"]
 

@@ -66,6 +66,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         memo.setdefault("metrics", OperatorMetrics())
         memo.locks = {}
         memo.finished = {}  # namespace/name -> finished? for the runs this operator has seen
+        memo.written = {}  # namespace/name -> resourceVersion of our last status write
 
     @kopf.on.login(registry=registry)
     def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -107,6 +108,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
                 logger.error(f"reconcile of {key} failed: {type(exc).__name__}: {exc}")
                 raise
             memo.finished[key] = _finished(status)
+            if memo.reconciler.written_versions.get(key):
+                memo.written[key] = memo.reconciler.written_versions.pop(key)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def run_event(
@@ -118,6 +121,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             return
         if meta.get("deletionTimestamp"):
             return
+        if meta.get("resourceVersion") and memo.written.get(
+            f"{meta['namespace']}/{meta['name']}"
+        ) == meta.get("resourceVersion"):
+            return  # the echo of our own status write: nothing new to act on
         if "ticker" not in memo:
             # Started from a handler, not at startup: it needs the context kopf.event() posts from.
             memo.ticker = asyncio.create_task(tick(memo, logger))
@@ -128,6 +135,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         memo.metrics.forget_run(key)
         memo.locks.pop(key, None)
         memo.finished.pop(key, None)
+        memo.written.pop(key, None)
         deleted = await memo.reconciler.cleanup(namespace, name)
         if deleted:
             logger.info(f"deleted {deleted} children of FusionRun {key}")
@@ -164,7 +172,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             registry=registry,
             id=f"child-{kind.plural}",
         )
-        async def child_event(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        async def child_event(
+            event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+        ) -> None:
+            if event["type"] in ("ADDED", None):
+                return  # we created it (or kopf is listing at startup, when every run reconciles anyway)
             meta = body["metadata"]
             await reconcile(memo, meta["namespace"], meta["labels"][RUN_LABEL], logger)
 

@@ -70,6 +70,8 @@ class Reconciler:
         self.api = api
         self.config = config
         self.metrics = metrics
+        # namespace/name -> resourceVersion our last status patch produced (its watch event is an echo).
+        self.written_versions: dict[str, str | None] = {}
 
     async def reconcile(self, body: dict[str, Any], emit: Emit, *, scrape: bool = False) -> dict[str, Any]:
         """Reconcile one run; the status it now has (camelCase)."""
@@ -251,7 +253,12 @@ class Reconciler:
         old_dict, new_dict = as_dict(previous), as_dict(new)
         if old_dict != new_dict:
             patch = {"status": merge_patch(old_dict, new_dict)}
-            await self.api.patch("FusionRun", meta["namespace"], meta["name"], patch, subresource="status")
+            written = await self.api.patch(
+                "FusionRun", meta["namespace"], meta["name"], patch, subresource="status"
+            )
+            if written:
+                key = f"{meta['namespace']}/{meta['name']}"
+                self.written_versions[key] = written["metadata"].get("resourceVersion")
         return new
 
     def _record_transitions(self, previous: Any, new: Any, emit: Emit, now: datetime.datetime) -> None:

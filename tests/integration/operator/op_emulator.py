@@ -34,6 +34,7 @@ import datetime
 import itertools
 import json
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -122,6 +123,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         self.api_requests: list[ApiRequest] = []
         # Every write as the watchers see it, in order: (ADDED|MODIFIED|DELETED, plural, name).
         self.timeline: list[tuple[str, str, str]] = []
+        self.timeline_times: list[float] = []  # time.monotonic() of each timeline entry
         self._rv = itertools.count(1000)
         self.fallback["get", "/openapi/v2"] << {"swagger": "2.0", "info": {}, "paths": {}, "definitions": {}}
         self.fallback["get", "/openapi/v3"] << {"paths": {}}
@@ -178,6 +180,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
 
     async def _publish(self, resource: kmock.resource, type_: str, obj: dict[str, Any]) -> None:
         self.timeline.append((type_, resource.plural, obj["metadata"]["name"]))
+        self.timeline_times.append(time.monotonic())
         await self._buses[resource].put({"type": type_, "object": obj})
 
     # -- the API server -----------------------------------------------------------------------------

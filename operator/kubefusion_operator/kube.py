@@ -81,7 +81,7 @@ class KubeApi:
         scrape_timeout: float = 2.0,
     ) -> None:
         self.server = server.rstrip("/")
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": "application/json", "User-Agent": "kubefusion-operator"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._headers = headers

@@ -18,6 +18,7 @@ Recording (for RBAC derivation, e.g. by the Helm chart's tests)::
     async with emulator_server() as emulator:
         ...  # run the operator against emulator.url
         emulator.api_requests        # [ApiRequest(verb, api_group, resource, subresource, namespaced), ...]
+        emulator.operator_requests() # the same without the test's own client and kubectl
         rbac_rules(emulator.api_requests)  # {(api_group, resource_or_resource/subresource): {verbs}}
 
 verb is the RBAC verb: get, list, watch, create, patch, update, delete, deletecollection.
@@ -121,6 +122,9 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.api_requests: list[ApiRequest] = []
+        self.api_request_agents: list[str] = []  # the User-Agent of each recorded request
+        # resource -> (namespace, name) -> object: lists and fetches without scanning every object.
+        self._index: dict[Any, dict[tuple[str | None, str], Any]] = {}
         # Every write as the watchers see it, in order: (ADDED|MODIFIED|DELETED, plural, name).
         self.timeline: list[tuple[str, str, str]] = []
         self.timeline_times: list[float] = []  # time.monotonic() of each timeline entry
@@ -136,6 +140,14 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
                 shortnames=SHORT_NAMES.get(kind, set()),
             )
+
+    def operator_requests(self) -> list[ApiRequest]:
+        """The recorded requests except the tests' own (kmock's client) and kubectl's."""
+        return [
+            r
+            for r, agent in zip(self.api_requests, self.api_request_agents, strict=True)
+            if not agent.startswith(("kmock/", "kubectl"))
+        ]
 
     # -- helpers for tests ------------------------------------------------------------------------
     def declare(
@@ -196,6 +208,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         namespaced = request.namespace is not None or bool(
             info and info.namespaced and request.name is None and _method(request) == "POST"
         )
+        self.api_request_agents.append(request.headers.get("User-Agent", ""))
         self.api_requests.append(
             ApiRequest(
                 _rbac_verb(request),
@@ -262,6 +275,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             self.objects[key].create(data)
         else:
             self.objects[key] = data
+            self._index.setdefault(request.resource, {})[key[1:]] = self.objects[key]
         await self._publish(request.resource, "ADDED", copy.deepcopy(data))
         return data
 
@@ -344,19 +358,33 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         return obj
 
     async def _serve_list(self, request: rendering.Request) -> rendering.Payload:
-        payload = await super()._serve_list(request)
         info = self._info(request.resource)
+        if info is None:
+            raise k8s.KubernetesResourceNotFoundError()
         selector = request.params.get("labelSelector", "")
-        items = [
-            i for i in payload["items"] if _selector_matches(selector, i["metadata"].get("labels") or {})
-        ]
+        async with self._lock:
+            items = [
+                obj.raw
+                for (ns, _), obj in self._index.get(request.resource, {}).items()
+                if not obj.deleted and (request.namespace is None or ns == request.namespace)
+            ]
+        items = [i for i in items if _selector_matches(selector, i["metadata"].get("labels") or {})]
         group_version = "/".join(p for p in (request.resource.group, request.resource.version) if p)
         return {
             "apiVersion": group_version,
-            "kind": f"{info.kind if info and info.kind else 'Object'}List",
+            "kind": f"{info.kind or 'Object'}List",
             "metadata": {"resourceVersion": str(next(self._rv))},
             "items": items,
         }
+
+    async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
+        obj = self._index.get(request.resource, {}).get((request.namespace, request.name))
+        if obj is None or obj.deleted:
+            raise k8s.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    def _get_resources(self) -> list[Any]:
+        return list(self.resources)  # the declared ones: no scan of every stored object
 
     async def _serve_version(self, request: rendering.Request) -> rendering.Payload:
         payload = await super()._serve_version(request)

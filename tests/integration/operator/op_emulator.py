@@ -241,9 +241,34 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 if method == "DELETE" and request.name:
                     obj = await self._delete(resource, request.namespace, request.name)
                     return aiohttp.web.json_response(obj)
+                if method == "GET" and request.params.get("watch") not in ("true", "1"):
+                    pass  # served below, outside the lock
+        except k8s.KubernetesError as exc:
+            return await self._render_error(exc)
+        # Reads are served directly: kmock's generic matching scans every past request (quadratic).
+        try:
+            if method == "GET" and request.params.get("watch") in ("true", "1"):
+                return await self._stream_watch(request)
+            if method == "GET" and request.name and not request.subresource:
+                return aiohttp.web.json_response(await self._serve_fetch(request))
+            if method == "GET" and not request.name:
+                return aiohttp.web.json_response(await self._serve_list(request))
         except k8s.KubernetesError as exc:
             return await self._render_error(exc)
         return await kmock.RawHandler._handle(self, request)
+
+    async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
+        raw = request._raw_request
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw)
+        selector = request.params.get("labelSelector", "")
+        async for event in self._serve_watch(request):
+            if not isinstance(event, dict):
+                continue  # kmock's first yield only flushes the headers
+            labels = (event.get("object") or {}).get("metadata", {}).get("labels") or {}
+            if _selector_matches(selector, labels):
+                await response.write(json.dumps(event).encode() + b"\n")
+        return response
 
     def _stored(self, resource: kmock.resource, namespace: str | None, name: str) -> Any:
         key = (resource, namespace, name)

@@ -42,6 +42,10 @@ async def test_operator_requests_give_its_rbac(emulator, tmp_path) -> None:
     async with operator_running(emulator, tmp_path):
         await create_run(emulator, example("quickstart"))
         await wait_for(lambda: children(emulator, JOBS) == ["quickstart-prepare"])
+        # The progress ticker lists the run's pods while a stage runs.
+        await wait_for(
+            lambda: any(r.resource == "pods" for r in emulator.operator_requests()), what="a scrape"
+        )
         await cluster.fail("quickstart-prepare")
         await wait_for(lambda: condition(emulator, "ns1", "quickstart", "Failed") == "True")
         await emulator.patch(

@@ -111,6 +111,8 @@ def build_deployment(ctx: RenderContext, task: Task, *, suspended: bool = False)
             "selector": {"matchLabels": selector},
             # Weights are huge and GPUs scarce: replace pods rather than surge extra ones.
             "strategy": {"type": "Recreate"},
+            # Past the startup budget a server counts as failed (observe.py): give it the whole budget.
+            "progressDeadlineSeconds": STARTUP_PERIOD_SECONDS * STARTUP_FAILURE_THRESHOLD + 600,
             "template": {"metadata": {"labels": ctx.labels(task, "server")}, "spec": pod_spec},
         },
     }

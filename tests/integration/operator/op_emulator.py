@@ -163,18 +163,16 @@ class RecordingEmulator(kmock.KubernetesEmulator):
 
     def live(self, key: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """The objects of a resource ("apps/v1/deployments") that exist now."""
-        resource = kmock.resource(key)
+        index = self._index.get(kmock.resource(key), {})
         return [
             obj.raw
-            for (res, ns, _), obj in list(self.objects.items())
-            if res == resource and not obj.deleted and (namespace is None or ns == namespace)
+            for (ns, _), obj in list(index.items())
+            if not obj.deleted and (namespace is None or ns == namespace)
         ]
 
     def find(self, key: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        for obj in self.live(key, namespace):
-            if obj["metadata"]["name"] == name:
-                return obj
-        return None
+        obj = self._index.get(kmock.resource(key), {}).get((namespace, name))
+        return None if obj is None or obj.deleted else obj.raw
 
     def _info(self, resource: kmock.resource) -> kmock.ResourceInfo | None:
         for known in self.resources:

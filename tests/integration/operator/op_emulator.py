@@ -29,6 +29,7 @@ yields a started RecordingEmulator with the resources the operator uses.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import datetime
@@ -123,6 +124,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.api_requests: list[ApiRequest] = []
         self.api_request_agents: list[str] = []  # the User-Agent of each recorded request
+        self.namespaces: set[str] = {"default", "ns1", "ns2"}  # besides those of stored objects
         # resource -> (namespace, name) -> object: lists and fetches without scanning every object.
         self._index: dict[Any, dict[tuple[str | None, str], Any]] = {}
         # Every write as the watchers see it, in order: (ADDED|MODIFIED|DELETED, plural, name).
@@ -192,6 +194,31 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         self.timeline.append((type_, resource.plural, obj["metadata"]["name"]))
         self.timeline_times.append(time.monotonic())
         await self._buses[resource].put({"type": type_, "object": obj})
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        # kmock cannot parse /api/v1/namespaces (it takes "namespaces" for a namespace prefix): kopf asks
+        # for it when it serves only some namespaces, so serve it here.
+        if raw_request.path.rstrip("/") != "/api/v1/namespaces" or raw_request.method != "GET":
+            return await super().__call__(raw_request)
+        watch = raw_request.query.get("watch") in ("true", "1")
+        self.api_requests.append(ApiRequest("watch" if watch else "list", "", "namespaces", None, False))
+        self.api_request_agents.append(raw_request.headers.get("User-Agent", ""))
+        if not watch:
+            names = sorted(self.namespaces | {ns for index in self._index.values() for ns, _ in index if ns})
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "NamespaceList",
+                    "metadata": {"resourceVersion": str(next(self._rv))},
+                    "items": [
+                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in names
+                    ],
+                }
+            )
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw_request)
+        await asyncio.Event().wait()  # namespaces never change here; held open until the client goes
+        return response
 
     # -- the API server -----------------------------------------------------------------------------
     async def _handle(self, request: rendering.Request) -> aiohttp.web.StreamResponse:

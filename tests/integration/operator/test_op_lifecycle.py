@@ -150,3 +150,15 @@ async def test_invalid_spec_is_reported_not_retried(emulator, tmp_path) -> None:
     assert "spec.training.sft.globalBatchSize" in status["message"]
     assert condition(emulator, "ns1", "quickstart", "Stalled") == "True"
     assert children(emulator, JOBS) == [] and emulator.live("v1/configmaps", "ns1") == []
+
+
+async def test_namespaced_operator_serves_only_its_namespace(emulator, tmp_path) -> None:
+    async with operator_running(emulator, tmp_path, namespaces=["ns1"]):
+        await create_run(emulator, example("quickstart"), namespace="ns2")
+        await create_run(emulator, example("quickstart"), namespace="ns1")
+        await wait_for(lambda: children(emulator, JOBS, namespace="ns1") == ["quickstart-prepare"])
+        await wait_for(lambda: condition(emulator, "ns1", "quickstart", "Progressing") == "True")
+    assert children(emulator, JOBS, namespace="ns2") == []
+    assert run_status(emulator, "ns2", "quickstart") == {}
+    watched = [r for r in emulator.operator_requests() if r.verb == "watch" and r.resource != "namespaces"]
+    assert watched and all(r.namespaced for r in watched)

@@ -42,7 +42,7 @@ class _AttributedRequests(list):
         _records.append(
             {
                 **api_request._asdict(),
-                "namespace": getattr(request, "namespace", None),
+                "namespace": getattr(request, "namespace", None) if api_request.namespaced else None,
                 "user_agent": request.headers.get("User-Agent", "") if request is not None else "",
                 "test": _current_test(),
             }
@@ -59,6 +59,7 @@ def install() -> None:
     if getattr(emulator_class, "_packaging_recorded", False):
         return
     original_init, original_handle = emulator_class.__attrs_post_init__, emulator_class._handle
+    original_call = emulator_class.__call__
 
     def post_init(self: Any) -> None:
         original_init(self)
@@ -71,8 +72,18 @@ def install() -> None:
         finally:
             _current_request.reset(token)
 
+    async def call(self: Any, raw_request: Any) -> Any:
+        # The raw HTTP request, for paths the emulator answers before parsing (e.g. /api/v1/namespaces);
+        # handle() narrows it to the parsed request, which also knows the namespace.
+        token = _current_request.set(raw_request)
+        try:
+            return await original_call(self, raw_request)
+        finally:
+            _current_request.reset(token)
+
     emulator_class.__attrs_post_init__ = post_init
     emulator_class._handle = handle
+    emulator_class.__call__ = call
     emulator_class._packaging_recorded = True
 
 

@@ -34,10 +34,11 @@ format: venv
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
-## crds: regenerate crds/fusionrun.yaml and docs/fusionrun-reference.md from the API models
+## crds: regenerate crds/fusionrun.yaml, the Helm chart's copy and docs/fusionrun-reference.md from the API models
 crds: venv
 	$(VENV)/bin/kubefusion crd -o crds/fusionrun.yaml
 	$(VENV)/bin/kubefusion crd --reference -o docs/fusionrun-reference.md
+	$(PY) charts/kubefusion/hack/sync_crd.py
 
 ## quickstart: build the tiny demo world (demo/), then run the whole fusion on this machine (runs/quickstart/)
 quickstart: venv

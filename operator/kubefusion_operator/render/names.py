@@ -15,7 +15,7 @@ STAGE_LABEL = f"{GROUP}/stage"
 TASK_LABEL = f"{GROUP}/task"
 TASK_ANNOTATION = f"{GROUP}/task"  # the exact planner task name
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-DEFAULT_IMAGE = "ghcr.io/kubefusion/kubefusion:0.1.0"
+DEFAULT_IMAGE = "ghcr.io/kubefusion/kubefusion-trainer:0.1.0"  # built from images/trainer.Dockerfile
 METRICS_PORT = 9090  # every stage process serves kubefusion_progress_* here (--metrics-port)
 METRICS_PORT_ANNOTATION = "prometheus.io/port"
 

@@ -38,7 +38,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -117,6 +117,26 @@ def _rbac_verb(request: rendering.Request) -> str:
     return {"POST": "create", "PATCH": "patch", "PUT": "update"}.get(method, method.lower())
 
 
+class Admission(NamedTuple):
+    """One write as an admission check sees it."""
+
+    verb: str  # create | patch | update
+    resource: Any  # kmock.resource (group, version, plural)
+    namespace: str | None
+    obj: dict[str, Any]  # the object as it would be stored
+    old: dict[str, Any] | None  # the stored object before the write (None on create)
+    subresource: str | None
+    system: bool  # written by the test as a controller/kubelet would (emulator.write), not a client
+
+
+AdmissionCheck = Callable[["RecordingEmulator", Admission], None]
+
+
+def refuse(code: int, reason: str, message: str) -> k8s.KubernetesError:
+    """The error an admission check raises: the API server's Status with this code, reason, message."""
+    return _status_error(code, reason, message)
+
+
 class RecordingEmulator(kmock.KubernetesEmulator):
     """kmock's emulator with the API-server behaviour listed in the module docstring, and a request log."""
 
@@ -131,6 +151,9 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         self.timeline: list[tuple[str, str, str]] = []
         self.timeline_times: list[float] = []  # time.monotonic() of each timeline entry
         self._rv = itertools.count(1000)
+        # Admission: each check sees every write before it is stored and refuses it by raising a
+        # k8s.KubernetesError (use `refuse()`); checks live in their own modules (emulator_admission/).
+        self.admission_checks: list[AdmissionCheck] = []
         self.fallback["get", "/openapi/v2"] << {"swagger": "2.0", "info": {}, "paths": {}, "definitions": {}}
         self.fallback["get", "/openapi/v3"] << {"paths": {}}
         for key, kind, namespaced, subresources in OPERATOR_RESOURCES:
@@ -189,6 +212,10 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         resource = kmock.resource(key)
         async with self._lock:
             return await self._patch(resource, namespace, name, patch, subresource=None, system=True)
+
+    def _admit(self, admission: Admission) -> None:
+        for check in self.admission_checks:
+            check(self, admission)
 
     async def _publish(self, resource: kmock.resource, type_: str, obj: dict[str, Any]) -> None:
         self.timeline.append((type_, resource.plural, obj["metadata"]["name"]))
@@ -318,6 +345,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             raise _status_error(
                 409, "AlreadyExists", f'{request.resource.plural} "{meta["name"]}" already exists'
             )
+        self._admit(Admission("create", request.resource, namespace, data, None, None, False))
         meta.update(
             uid=str(uuid.uuid4()), resourceVersion=str(next(self._rv)), generation=1, creationTimestamp=_now()
         )
@@ -357,6 +385,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             new["status"] = old.get("status")
         if new.get("status") is None:
             new.pop("status", None)
+        self._admit(Admission("patch", resource, namespace, new, old, subresource, system))
         return await self._store(resource, stored, old, new)
 
     async def _replace(self, request: rendering.Request) -> dict[str, Any]:
@@ -370,6 +399,9 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 "Conflict",
                 "the object has been modified; please apply your changes to the latest version and try again",
             )
+        self._admit(
+            Admission("update", request.resource, request.namespace, new, old, request.subresource, False)
+        )
         return await self._store(request.resource, stored, old, new)
 
     async def _store(

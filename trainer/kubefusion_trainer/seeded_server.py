@@ -106,9 +106,7 @@ class SeededGenerator:
         except Exception as exc:  # the template rejects a conversation: the client's error
             raise BadRequest(f"messages: {exc}") from None
         n = params["n"]
-        generators = [
-            torch.Generator().manual_seed(choice_seed(params["seed"], j, ids)) for j in range(n)
-        ]
+        generators = [torch.Generator().manual_seed(choice_seed(params["seed"], j, ids)) for j in range(n)]
         tokens = torch.tensor([ids] * n)
         new: list[list[int]] = [[] for _ in range(n)]
         done = [False] * n
@@ -190,7 +188,7 @@ def make_handler(generator: SeededGenerator, served: str) -> type[BaseHTTPReques
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # one line per request would flood the log
 
         def _send(self, status: int, payload: dict[str, Any]) -> None:
@@ -204,7 +202,7 @@ def make_handler(generator: SeededGenerator, served: str) -> type[BaseHTTPReques
         def _error(self, status: int, message: str) -> None:
             self._send(status, {"error": {"message": message, "type": "invalid_request_error"}})
 
-        def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        def do_GET(self) -> None:
             if self.path == "/health":
                 self._send(200, {"status": "ok"})
             elif self.path == "/v1/models":
@@ -212,7 +210,7 @@ def make_handler(generator: SeededGenerator, served: str) -> type[BaseHTTPReques
             else:
                 self._error(404, f"{self.path}: not found")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             if self.path != "/v1/chat/completions":
                 self._error(404, f"{self.path}: not found")
                 return
@@ -233,12 +231,17 @@ def make_handler(generator: SeededGenerator, served: str) -> type[BaseHTTPReques
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kubefusion_trainer.seeded_server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="kubefusion_trainer.seeded_server", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("model", help="model folder; also the name requests must use")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads. Default 1 (tiny models: more mostly add overhead)."
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads. Default 1 (tiny models: more mostly add overhead).",
     )
     args = parser.parse_args(argv)
     import torch

@@ -96,7 +96,7 @@ def server_command(
         return command + list(extra_args or [])
     if backend == "seeded":
         command = [sys.executable, "-m", "kubefusion_trainer.seeded_server", model, "--host", host]
-        return command + ["--port", str(port), *(extra_args or [])]
+        return [*command, "--port", str(port), *(extra_args or [])]
     # Continuous batching: ~10x the throughput of one-request-at-a-time generation for many small requests.
     # A fixed KV cache (32k tokens): left to itself it sizes the cache from the machine's whole memory.
     return [

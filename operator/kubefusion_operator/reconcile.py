@@ -227,7 +227,9 @@ class Reconciler:
         try:
             created = await self.api.create(obj)
         except ApiError as exc:
-            if _refusal(exc):
+            if (
+                _refusal(exc) or exc.status == 404
+            ):  # 404: the kind is not served (CRD missing) or no namespace
                 raise ChildRefused("create", f"{obj['kind']}/{obj['metadata']['name']}", exc) from exc
             raise
         if created:

@@ -30,6 +30,7 @@ yields a started RecordingEmulator with the resources the operator uses.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import copy
 import datetime
@@ -48,6 +49,7 @@ import jsonpatch
 import kmock
 import pytest_asyncio
 import yaml
+from emulator_labels import parse_selector
 from kmock._internal import dicts, k8s, rendering
 
 # (group/version/plural, kind, namespaced, subresources)
@@ -84,22 +86,32 @@ def _status_error(code: int, reason: str, message: str) -> k8s.KubernetesError:
     return k8s.KubernetesError(status=code, reason=reason, message=message, details={})
 
 
-def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key) == value:
-                return False
-        elif "=" in term:
-            key, value = term.replace("==", "=").split("=", 1)
-            if labels.get(key) != value:
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
+def _selector(request: rendering.Request) -> Callable[[dict[str, str]], bool]:
+    try:
+        return parse_selector(request.params.get("labelSelector", ""))
+    except ValueError as exc:
+        raise _status_error(400, "BadRequest", str(exc)) from None
+
+
+def _qualified(resource: Any) -> str:
+    """How the API server names a resource in messages: plural.group (plural alone for the core group)."""
+    return f"{resource.plural}.{resource.group}" if resource.group else resource.plural
+
+
+def _not_found(resource: Any, name: str) -> k8s.KubernetesError:
+    return k8s.KubernetesError(
+        status=404,
+        reason="NotFound",
+        message=f'{_qualified(resource)} "{name}" not found',
+        details={"name": name, "group": resource.group or "", "kind": resource.plural},
+    )
+
+
+def _group_version(resource: Any) -> str:
+    return "/".join(p for p in (resource.group, resource.version) if p)
+
+
+PAGE_NOT_FOUND = "404 page not found\n"  # kube-apiserver's body for a path it does not serve
 
 
 def _method(request: rendering.Request) -> str:
@@ -151,6 +163,14 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         self.timeline: list[tuple[str, str, str]] = []
         self.timeline_times: list[float] = []  # time.monotonic() of each timeline entry
         self._rv = itertools.count(1000)
+        self._last_rv = 999  # the latest resourceVersion handed out (a list's resourceVersion)
+        # Watch history, as etcd keeps it: (resourceVersion, resource, event), oldest first. Watches
+        # resume from any resourceVersion still in it; older ones get 410 Gone (see compact()).
+        self._events: list[tuple[int, Any, dict[str, Any]]] = []
+        self._compacted_rv = 0  # events up to this resourceVersion are gone from the history
+        self.history_limit = 20000  # events kept before the oldest half is compacted away
+        self.bookmark_interval = 1.0  # seconds between BOOKMARK events on watches that allow them
+        self._changed = asyncio.Event()  # set (and replaced) on every event, to wake watchers
         # Admission: each check sees every write before it is stored and refuses it by raising a
         # k8s.KubernetesError (use `refuse()`); checks live in their own modules (emulator_admission/).
         self.admission_checks: list[AdmissionCheck] = []
@@ -178,6 +198,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     def declare(
         self, key: str, kind: str, *, namespaced: bool = True, subresources: Iterable[str] = ()
     ) -> None:
+        """Serve a resource ("group/version/plural"), as installing its CRD would."""
         self.resources[key] = kmock.ResourceInfo(
             kind=kind,
             singular=kind.lower(),
@@ -185,6 +206,27 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             subresources=set(subresources),
             verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
         )
+
+    def withdraw(self, key: str) -> None:
+        """Stop serving a resource, as deleting its CRD would: its paths and discovery answer 404
+        `404 page not found` (text/plain) and its objects are gone."""
+        resource = kmock.resource(key)
+        for known in list(self.resources):
+            if known == resource:
+                del self.resources[known]
+        for stored in self._index.pop(resource, {}).values():
+            if not stored.deleted:
+                stored.delete()
+
+    def compact(self) -> int:
+        """Drop the watch history (as etcd compaction does); the resourceVersion watches now need."""
+        self._events.clear()
+        self._compacted_rv = self._last_rv
+        return self._compacted_rv
+
+    def _next_rv(self) -> str:
+        self._last_rv = next(self._rv)
+        return str(self._last_rv)
 
     def live(self, key: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """The objects of a resource ("apps/v1/deployments") that exist now."""
@@ -220,7 +262,20 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     async def _publish(self, resource: kmock.resource, type_: str, obj: dict[str, Any]) -> None:
         self.timeline.append((type_, resource.plural, obj["metadata"]["name"]))
         self.timeline_times.append(time.monotonic())
-        await self._buses[resource].put({"type": type_, "object": obj})
+        self._events.append(
+            (int(obj["metadata"]["resourceVersion"]), resource, {"type": type_, "object": obj})
+        )
+        if len(self._events) > self.history_limit:
+            dropped = self._events[: self.history_limit // 2]
+            del self._events[: self.history_limit // 2]
+            self._compacted_rv = dropped[-1][0]
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        if isinstance(exc, k8s.KubernetesResourceNotFoundError | k8s.KubernetesEndpointNotFoundError):
+            return aiohttp.web.Response(status=404, text=PAGE_NOT_FOUND, content_type="text/plain")
+        return await super()._render_error(exc)
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # kmock cannot parse /api/v1/namespaces (it takes "namespaces" for a namespace prefix): kopf asks
@@ -236,10 +291,8 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 {
                     "apiVersion": "v1",
                     "kind": "NamespaceList",
-                    "metadata": {"resourceVersion": str(next(self._rv))},
-                    "items": [
-                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in names
-                    ],
+                    "metadata": {"resourceVersion": str(self._last_rv)},
+                    "items": [{"metadata": {"name": n}} for n in names],
                 }
             )
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -270,9 +323,15 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 request.namespace is not None or namespaced,
             )
         )
-        if info is None:
+        if info is None:  # not served (no CRD): the plain-text 404 of an unknown path
             return await self._render_error(k8s.KubernetesResourceNotFoundError())
         method = _method(request)
+        if method == "POST" and request.name is None and info.namespaced and request.namespace is None:
+            return await self._render_error(
+                _status_error(
+                    405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+                )
+            )
         try:
             async with self._lock:
                 if method == "POST" and request.name is None:
@@ -310,44 +369,107 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         return await kmock.RawHandler._handle(self, request)
 
     async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        raw = request._raw_request
+        """A watch as kube-apiserver serves it (see the module docstring: resourceVersion, 410, bookmarks)."""
+        matches = _selector(request)
+        resource, namespace = request.resource, request.namespace
+        info = self._info(resource)
+        params = request.params
+        since = params.get("resourceVersion") or ""
+        timeout = float(params.get("timeoutSeconds") or 0) or None
+        bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(raw)
-        selector = request.params.get("labelSelector", "")
-        async for event in self._serve_watch(request):
-            if not isinstance(event, dict):
-                continue  # kmock's first yield only flushes the headers
-            labels = (event.get("object") or {}).get("metadata", {}).get("labels") or {}
-            if _selector_matches(selector, labels):
-                await response.write(json.dumps(event).encode() + b"\n")
-        return response
+        await response.prepare(request._raw_request)
+
+        def wanted(obj: dict[str, Any]) -> bool:
+            meta = obj.get("metadata") or {}
+            return (namespace is None or meta.get("namespace") == namespace) and matches(
+                meta.get("labels") or {}
+            )
+
+        async def send(event: dict[str, Any]) -> None:
+            await response.write(json.dumps(event).encode() + b"\n")
+
+        async with self._lock:
+            if since in ("", "0"):  # "now": every existing object as ADDED, then the changes
+                position = self._last_rv
+                initial = [o for o in self.live(_key(resource)) if wanted(o)]
+            else:
+                position, initial = int(since), []
+        if position < self._compacted_rv:
+            await send({"type": "ERROR", "object": _gone(position, self._compacted_rv)})
+            return response
+        for obj in initial:
+            await send({"type": "ADDED", "object": obj})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout if timeout else None
+        while True:
+            changed = self._changed
+            first = bisect.bisect_right(self._events, position, key=lambda e: e[0])
+            for rv, res, event in self._events[first:]:
+                if res == resource and wanted(event["object"]):
+                    await send(event)
+                position = rv
+            wait = self.bookmark_interval if bookmarks else None
+            if deadline is not None:
+                left = max(deadline - loop.time(), 0.0)
+                wait = left if wait is None else min(wait, left)
+            try:
+                await asyncio.wait_for(changed.wait(), wait)
+            except TimeoutError:
+                if bookmarks:
+                    await send({"type": "BOOKMARK", "object": _bookmark(resource, info, self._last_rv)})
+                    position = max(position, self._last_rv)
+                if deadline is not None and loop.time() >= deadline:
+                    return response
 
     def _stored(self, resource: kmock.resource, namespace: str | None, name: str) -> Any:
         key = (resource, namespace, name)
         if key not in self.objects or self.objects[key].deleted:
-            raise _status_error(404, "NotFound", f'{resource.plural} "{name}" not found')
+            raise _not_found(resource, name)
         return self.objects[key]
 
     async def _create(self, request: rendering.Request, info: kmock.ResourceInfo) -> dict[str, Any]:
         data = copy.deepcopy(request.data)
         if not isinstance(data, dict):
             raise _status_error(400, "BadRequest", "the body is not a JSON object")
+        group_version = _group_version(request.resource)
+        if data.get("kind", info.kind) != info.kind or data.get("apiVersion", group_version) != group_version:
+            raise _status_error(
+                400,
+                "BadRequest",
+                f"the API version in the data ({data.get('apiVersion')}) and kind ({data.get('kind')}) "
+                f"do not match {group_version} {info.kind}",
+            )
+        data["apiVersion"], data["kind"] = group_version, info.kind
         meta = data.setdefault("metadata", {})
+        if info.namespaced and meta.get("namespace") and meta["namespace"] != request.namespace:
+            raise _status_error(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         if not meta.get("name"):
             raise _status_error(422, "Invalid", "metadata.name: Required value")
         if info.namespaced:
-            meta["namespace"] = request.namespace or meta.get("namespace") or "default"
+            meta["namespace"] = request.namespace
         namespace = meta.get("namespace") if info.namespaced else None
         key = (request.resource, namespace, meta["name"])
         if key in self.objects and not self.objects[key].deleted:
-            raise _status_error(
-                409, "AlreadyExists", f'{request.resource.plural} "{meta["name"]}" already exists'
+            raise k8s.KubernetesError(
+                status=409,
+                reason="AlreadyExists",
+                message=f'{_qualified(request.resource)} "{meta["name"]}" already exists',
+                details={
+                    "name": meta["name"],
+                    "group": request.resource.group or "",
+                    "kind": request.resource.plural,
+                },
             )
         self._admit(Admission("create", request.resource, namespace, data, None, None, False))
         meta.update(
-            uid=str(uuid.uuid4()), resourceVersion=str(next(self._rv)), generation=1, creationTimestamp=_now()
+            uid=str(uuid.uuid4()), resourceVersion=self._next_rv(), generation=1, creationTimestamp=_now()
         )
         if key in self.objects:
             self.objects[key].create(data)
@@ -369,6 +491,9 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     ) -> dict[str, Any]:
         stored = self._stored(resource, namespace, name)
         old = copy.deepcopy(stored.raw)
+        wanted = ((patch.get("metadata") or {}) if isinstance(patch, dict) else {}).get("resourceVersion")
+        if wanted and wanted != old["metadata"]["resourceVersion"]:
+            raise _conflict(resource, name)
         try:
             new = copy.deepcopy(dict(dicts.patch_dict(copy.deepcopy(old), patch)))
         except (
@@ -394,11 +519,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         new = copy.deepcopy(request.data)
         wanted = new.get("metadata", {}).get("resourceVersion")
         if wanted and wanted != old["metadata"]["resourceVersion"]:
-            raise _status_error(
-                409,
-                "Conflict",
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+            raise _conflict(request.resource, request.name)
         self._admit(
             Admission("update", request.resource, request.namespace, new, old, request.subresource, False)
         )
@@ -416,7 +537,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         }
         if body_changed:
             meta["generation"] = old["metadata"].get("generation", 1) + 1
-        meta["resourceVersion"] = str(next(self._rv))
+        meta["resourceVersion"] = self._next_rv()
         stored.history.append(new)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             stored.delete()
@@ -431,11 +552,12 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
                 obj["metadata"]["deletionTimestamp"] = _now()
-                obj["metadata"]["resourceVersion"] = str(next(self._rv))
+                obj["metadata"]["resourceVersion"] = self._next_rv()
                 stored.history.append(obj)
                 await self._publish(resource, "MODIFIED", copy.deepcopy(obj))
             return obj
         stored.delete()
+        obj["metadata"]["resourceVersion"] = self._next_rv()  # a deletion is a change of its own
         await self._publish(resource, "DELETED", obj)
         return obj
 
@@ -443,26 +565,30 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         info = self._info(request.resource)
         if info is None:
             raise k8s.KubernetesResourceNotFoundError()
-        selector = request.params.get("labelSelector", "")
+        matches = _selector(request)
         async with self._lock:
             items = [
                 obj.raw
                 for (ns, _), obj in self._index.get(request.resource, {}).items()
                 if not obj.deleted and (request.namespace is None or ns == request.namespace)
             ]
-        items = [i for i in items if _selector_matches(selector, i["metadata"].get("labels") or {})]
-        group_version = "/".join(p for p in (request.resource.group, request.resource.version) if p)
+            version = str(self._last_rv)
+        # Like kube-apiserver: the list says its kind; its items do not carry kind/apiVersion.
         return {
-            "apiVersion": group_version,
+            "apiVersion": _group_version(request.resource),
             "kind": f"{info.kind or 'Object'}List",
-            "metadata": {"resourceVersion": str(next(self._rv))},
-            "items": items,
+            "metadata": {"resourceVersion": version},
+            "items": [
+                {k: v for k, v in i.items() if k not in ("kind", "apiVersion")}
+                for i in items
+                if matches(i["metadata"].get("labels") or {})
+            ],
         }
 
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
         obj = self._index.get(request.resource, {}).get((request.namespace, request.name))
         if obj is None or obj.deleted:
-            raise k8s.KubernetesObjectNotFoundError()
+            raise _not_found(request.resource, request.name)
         return obj.raw
 
     def _get_resources(self) -> list[Any]:
@@ -476,6 +602,40 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             if entry.get("namespaced") is None:
                 entry["namespaced"] = True
         return payload
+
+
+def _key(resource: Any) -> str:
+    return "/".join(p for p in (resource.group, resource.version, resource.plural) if p)
+
+
+def _conflict(resource: Any, name: str) -> k8s.KubernetesError:
+    return k8s.KubernetesError(
+        status=409,
+        reason="Conflict",
+        message=f'Operation cannot be fulfilled on {_qualified(resource)} "{name}": the object has been '
+        "modified; please apply your changes to the latest version and try again",
+        details={"name": name, "group": resource.group or "", "kind": resource.plural},
+    )
+
+
+def _gone(wanted: int, oldest: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Status",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"too old resource version: {wanted} ({oldest})",
+        "reason": "Expired",
+        "code": 410,
+    }
+
+
+def _bookmark(resource: Any, info: Any, version: int) -> dict[str, Any]:
+    return {
+        "apiVersion": _group_version(resource),
+        "kind": info.kind if info else "Object",
+        "metadata": {"resourceVersion": str(version)},
+    }
 
 
 def rbac_rules(requests: Iterable[ApiRequest]) -> dict[tuple[str, str], set[str]]:

@@ -664,15 +664,22 @@ def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:
 
 
 @contextlib.asynccontextmanager
-async def emulator_server() -> AsyncIterator[RecordingEmulator]:
-    """A started RecordingEmulator on a free 127.0.0.1 port; its base URL is `str(emulator.url)`."""
+async def emulator_server(*, admission: bool = True) -> AsyncIterator[RecordingEmulator]:
+    """A started RecordingEmulator on a free 127.0.0.1 port; its base URL is `str(emulator.url)`.
+
+    admission: turn on the checks every test relies on (emulator_admission.names).
+    """
 
     # The tests' own client opens a connection per request: a kept-alive one could be stuck behind
     # the streams of an operator that a test has just cancelled.
     def client(url: Any) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(force_close=True))
 
+    from emulator_admission import names  # imports this module: not at the top
+
     async with RecordingEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1", client_fct=client):
+        if admission:
+            emulator.admission_checks.append(names.check)
         yield emulator
 
 

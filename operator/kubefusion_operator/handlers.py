@@ -94,7 +94,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
             configuration = load_configuration()
         except Exception as exc:  # ConfigException, a failing exec plugin, unreadable files
             raise kopf.LoginError(f"cannot load Kubernetes credentials: {exc}") from exc
-        api = KubeApi.from_configuration(configuration)
+        api = KubeApi.from_configuration(configuration, reload=load_configuration)
         if "reconciler" in memo:  # a re-login (401): swap the client, keep the state
             old, memo.reconciler.api = memo.reconciler.api, api
             asyncio.get_running_loop().create_task(old.close())

@@ -20,6 +20,7 @@ render/ builds.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
@@ -171,6 +172,7 @@ class KubeApi:
         ssl_context: ssl.SSLContext | bool = True,
         scrape_timeout: float = 2.0,
         auth: Callable[[], str | None] | None = None,
+        reload: Callable[[], Any] | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self._headers = {"Accept": "application/json", "User-Agent": "kubefusion-operator"}
@@ -178,17 +180,34 @@ class KubeApi:
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
         self._scrape_timeout = aiohttp.ClientTimeout(total=scrape_timeout)
+        self._reload = reload  # loads a fresh Configuration after a 401 (a rotated token)
         self.requests = 0  # API requests made (the benchmark reads it)
 
     @classmethod
-    def from_configuration(cls, configuration: Any, **kwargs: Any) -> KubeApi:
-        """A client over a loaded kubernetes.client.Configuration (see load_configuration)."""
+    def from_configuration(
+        cls, configuration: Any, *, reload: Callable[[], Any] | None = None, **kwargs: Any
+    ) -> KubeApi:
+        """A client over a loaded kubernetes.client.Configuration (see load_configuration).
+
+        reload (e.g. load_configuration): called after a 401 to load the credentials again (a
+        service-account token the kubelet rotated, an exec credential that was revoked early); the
+        request is then retried once.
+        """
         return cls(
             configuration.host,
             ssl_context=ssl_context(configuration),
             auth=lambda: authorization(configuration),
+            reload=reload,
             **kwargs,
         )
+
+    async def _reauthenticate(self) -> bool:
+        if self._reload is None:
+            return False
+        configuration = await asyncio.to_thread(self._reload)  # may run an exec plugin
+        self._ssl = ssl_context(configuration)
+        self._auth = lambda: authorization(configuration)
+        return True
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -209,6 +228,7 @@ class KubeApi:
         json: Any = None,
         params: dict[str, str] | None = None,
         content_type: str | None = None,
+        retry_unauthorized: bool = True,
     ) -> Any:
         self.requests += 1
         headers = {"Content-Type": content_type} if content_type else {}
@@ -219,13 +239,18 @@ class KubeApi:
         ) as resp:
             raw = await resp.read()
             kind = resp.headers.get("Content-Type", "")
-            if resp.status >= 400:
-                raise _error(resp.status, resp.reason or "", kind, raw)
-            if not raw:
-                return None
-            if "json" not in kind:
-                raise ApiError(resp.status, "NotJSON", f"{method} {path}: a {kind or 'untyped'} body")
-            return _json_loads(raw)
+            status, reason = resp.status, resp.reason or ""
+        if status == 401 and retry_unauthorized and await self._reauthenticate():
+            return await self._call(
+                method, path, json=json, params=params, content_type=content_type, retry_unauthorized=False
+            )
+        if status >= 400:
+            raise _error(status, reason, kind, raw)
+        if not raw:
+            return None
+        if "json" not in kind:
+            raise ApiError(status, "NotJSON", f"{method} {path}: a {kind or 'untyped'} body")
+        return _json_loads(raw)
 
     async def get_path(self, path: str) -> dict[str, Any] | None:
         """GET a raw API path (e.g. a group/version for discovery); None on 404, whatever its body."""

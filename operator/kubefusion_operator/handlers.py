@@ -89,16 +89,15 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         memo.retries = {}  # namespace/name -> (failed attempts in a row, the scheduled retry task)
 
     @kopf.on.login(registry=registry)
-    def login(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-        try:
-            configuration = load_configuration()
+    async def login(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        try:  # in a thread: an exec plugin may take a while
+            configuration = await asyncio.to_thread(load_configuration)
         except Exception as exc:  # ConfigException, a failing exec plugin, unreadable files
             raise kopf.LoginError(f"cannot load Kubernetes credentials: {exc}") from exc
-        api = KubeApi.from_configuration(configuration, reload=load_configuration)
-        if "reconciler" in memo:  # a re-login (401): swap the client, keep the state
-            old, memo.reconciler.api = memo.reconciler.api, api
-            asyncio.get_running_loop().create_task(old.close())
+        if "reconciler" in memo:  # a re-login (kopf saw a 401): same client, new credentials
+            memo.reconciler.api.use_configuration(configuration)
         else:
+            api = KubeApi.from_configuration(configuration, reload=load_configuration)
             memo.reconciler = Reconciler(
                 api, ReconcileConfig(config.image, scrape=config.scrape), memo.metrics
             )

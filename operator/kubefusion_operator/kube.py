@@ -201,12 +201,15 @@ class KubeApi:
             **kwargs,
         )
 
+    def use_configuration(self, configuration: Any) -> None:
+        """Switch to freshly loaded credentials (same server); requests in flight finish as they are."""
+        self._ssl = ssl_context(configuration)
+        self._auth = lambda: authorization(configuration)
+
     async def _reauthenticate(self) -> bool:
         if self._reload is None:
             return False
-        configuration = await asyncio.to_thread(self._reload)  # may run an exec plugin
-        self._ssl = ssl_context(configuration)
-        self._auth = lambda: authorization(configuration)
+        self.use_configuration(await asyncio.to_thread(self._reload))  # may run an exec plugin
         return True
 
     def _client(self) -> aiohttp.ClientSession:

@@ -1,17 +1,43 @@
 """A Kubernetes API emulator for the operator's tests, recording every request it serves.
 
-kmock.KubernetesEmulator is an in-memory API server over real HTTP. This subclass makes it behave like
-a real API server where kopf, kubectl and our client rely on it:
-- create fills metadata.uid, resourceVersion, generation, creationTimestamp, namespace (and a name
-  from generateName) and answers 201; a second create of the same name answers 409;
-- every write bumps resourceVersion; generation grows when anything outside metadata/status changes;
-- PATCH takes merge patches and JSON patches (a failed `test` op answers 422); writes to /status
-  change only .status, and writes to the main resource leave .status alone when the resource has a
-  status subresource; PUT replaces (409 on a stale resourceVersion);
+kmock.KubernetesEmulator is an in-memory API server over real HTTP. This subclass behaves like
+kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and the test proving it
+(test_op_emulator.py unless named otherwise):
+- lists say their kind (JobList) but their items carry no kind/apiVersion; gets and watch events do
+  (create fills them from the path; a body naming another kind is 400)
+  -> test_list_items_carry_no_kind_but_gets_and_watches_do, test_requests_a_real_server_refuses;
+- a group/version/resource the server does not serve (no CRD; `withdraw(key)` un-serves one,
+  `declare(...)` serves one) answers 404 with the text/plain body `404 page not found`, discovery
+  included -> test_unserved_paths_answer_plain_text_404;
+- a served kind's missing object answers 404 with a Status (reason NotFound, `jobs.batch "x" not
+  found`); a create of an existing name answers 409 AlreadyExists
+  -> test_missing_object_is_a_status_404_and_duplicates_409;
+- a PUT, or a PATCH carrying metadata.resourceVersion, with a stale resourceVersion answers 409
+  Conflict -> test_stale_resource_version_conflicts;
+- create fills uid, resourceVersion, generation, creationTimestamp (and a name from generateName) and
+  answers 201; every write bumps resourceVersion (a deletion too); generation grows when anything
+  outside metadata/status changes -> test_create_fills_metadata_and_patch_bumps_versions;
+- PATCH takes merge and JSON patches (a failed `test` op is 422); /status writes change only .status
+  and main-resource writes leave .status alone when there is a status subresource
+  -> test_status_subresource_and_recording;
+- a create must name the path's namespace (another one in the body is 400) and goes to a namespaced
+  path (POST to /api/v1/configmaps is 405) -> test_requests_a_real_server_refuses;
+- label selectors are honoured on lists and watches: =, ==, !=, exists, !exists, `in (...)`,
+  `notin (...)`; an unparsable one is 400 -> test_label_selectors, test_requests_a_real_server_refuses;
+- watches: without resourceVersion (or "0") every existing object comes as ADDED, then changes; with
+  one, only the changes after it (from the history); a resourceVersion older than the history
+  (`compact()`, or more than history_limit events ago) gets an ERROR event with a 410 Expired Status;
+  allowWatchBookmarks=true brings BOOKMARK events every bookmark_interval seconds; timeoutSeconds
+  ends the stream -> test_watch_resumes_from_a_resource_version, test_watch_from_a_compacted_version_is_410_gone,
+  test_watch_bookmarks_and_timeout;
+- admission: checks in `admission_checks` see every create/patch/update before it is stored and
+  refuse it with `refuse(code, reason, message)`; `emulator_server()` turns on emulator_admission.names
+  (DNS names per kind, Indexed Job hostnames, PyTorchJob Services) -> test_op_emulator_names.py;
 - DELETE honours finalizers (deletionTimestamp, then gone when they are removed);
-- lists carry kind/apiVersion/resourceVersion and honour equality label selectors (a=b, a!=b, a, !a);
-- /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents.
-Like kmock it has no garbage collection by ownerReference and no schema validation.
+- /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents (kubectl).
+Not emulated: garbage collection by ownerReference, schema validation (a CRD-schema admission module
+is separate), namespace existence, watch events for objects that stop matching a selector, RBAC
+(another admission module), server-side apply.
 
 Recording (for RBAC derivation, e.g. by the Helm chart's tests)::
 

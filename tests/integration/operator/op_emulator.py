@@ -13,7 +13,7 @@ kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and
   found`); a create of an existing name answers 409 AlreadyExists
   -> test_missing_object_is_a_status_404_and_duplicates_409;
 - a PUT, or a PATCH carrying metadata.resourceVersion, with a stale resourceVersion answers 409
-  Conflict -> test_stale_resource_version_conflicts;
+  Conflict -> test_stale_resource_versionconflicts;
 - create fills uid, resourceVersion, generation, creationTimestamp (and a name from generateName) and
   answers 201; every write bumps resourceVersion (a deletion too); generation grows when anything
   outside metadata/status changes -> test_create_fills_metadata_and_patch_bumps_versions;
@@ -28,8 +28,8 @@ kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and
   one, only the changes after it (from the history); a resourceVersion older than the history
   (`compact()`, or more than history_limit events ago) gets an ERROR event with a 410 Expired Status;
   allowWatchBookmarks=true brings BOOKMARK events every bookmark_interval seconds; timeoutSeconds
-  ends the stream -> test_watch_resumes_from_a_resource_version, test_watch_from_a_compacted_version_is_410_gone,
-  test_watch_bookmarks_and_timeout;
+  ends the stream -> test_watch_resumes_from_a_resource_version, test_watch_from_a_compacted_version_is_410gone,
+  test_watchbookmarks_and_timeout;
 - admission: checks in `admission_checks` see every create/patch/update before it is stored and
   refuse it with `refuse(code, reason, message)`; `emulator_server()` turns on emulator_admission.names
   (DNS names per kind, Indexed Job hostnames, PyTorchJob Services) -> test_op_emulator_names.py;
@@ -56,7 +56,6 @@ yields a started RecordingEmulator with the resources the operator uses.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import copy
 import datetime
@@ -76,6 +75,8 @@ import kmock
 import pytest_asyncio
 import yaml
 from emulator_labels import parse_selector
+from emulator_status import PAGE_NOT_FOUND, conflict, group_version, not_found, qualified
+from emulator_watch import stream_watch
 from kmock._internal import dicts, k8s, rendering
 
 # (group/version/plural, kind, namespaced, subresources)
@@ -117,27 +118,6 @@ def _selector(request: rendering.Request) -> Callable[[dict[str, str]], bool]:
         return parse_selector(request.params.get("labelSelector", ""))
     except ValueError as exc:
         raise _status_error(400, "BadRequest", str(exc)) from None
-
-
-def _qualified(resource: Any) -> str:
-    """How the API server names a resource in messages: plural.group (plural alone for the core group)."""
-    return f"{resource.plural}.{resource.group}" if resource.group else resource.plural
-
-
-def _not_found(resource: Any, name: str) -> k8s.KubernetesError:
-    return k8s.KubernetesError(
-        status=404,
-        reason="NotFound",
-        message=f'{_qualified(resource)} "{name}" not found',
-        details={"name": name, "group": resource.group or "", "kind": resource.plural},
-    )
-
-
-def _group_version(resource: Any) -> str:
-    return "/".join(p for p in (resource.group, resource.version) if p)
-
-
-PAGE_NOT_FOUND = "404 page not found\n"  # kube-apiserver's body for a path it does not serve
 
 
 def _method(request: rendering.Request) -> str:
@@ -243,6 +223,10 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         for stored in self._index.pop(resource, {}).values():
             if not stored.deleted:
                 stored.delete()
+
+    @staticmethod
+    def selector(request: rendering.Request) -> Callable[[dict[str, str]], bool]:
+        return _selector(request)
 
     def compact(self) -> int:
         """Drop the watch history (as etcd compaction does); the resourceVersion watches now need."""
@@ -385,7 +369,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         # Reads are served directly: kmock's generic matching scans every past request (quadratic).
         try:
             if method == "GET" and request.params.get("watch") in ("true", "1"):
-                return await self._stream_watch(request)
+                return await stream_watch(self, request)
             if method == "GET" and request.name and not request.subresource:
                 return aiohttp.web.json_response(await self._serve_fetch(request))
             if method == "GET" and not request.name:
@@ -394,79 +378,25 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             return await self._render_error(exc)
         return await kmock.RawHandler._handle(self, request)
 
-    async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        """A watch as kube-apiserver serves it (see the module docstring: resourceVersion, 410, bookmarks)."""
-        matches = _selector(request)
-        resource, namespace = request.resource, request.namespace
-        info = self._info(resource)
-        params = request.params
-        since = params.get("resourceVersion") or ""
-        timeout = float(params.get("timeoutSeconds") or 0) or None
-        bookmarks = params.get("allowWatchBookmarks") in ("true", "1")
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(request._raw_request)
-
-        def wanted(obj: dict[str, Any]) -> bool:
-            meta = obj.get("metadata") or {}
-            return (namespace is None or meta.get("namespace") == namespace) and matches(
-                meta.get("labels") or {}
-            )
-
-        async def send(event: dict[str, Any]) -> None:
-            await response.write(json.dumps(event).encode() + b"\n")
-
-        async with self._lock:
-            if since in ("", "0"):  # "now": every existing object as ADDED, then the changes
-                position = self._last_rv
-                initial = [o for o in self.live(_key(resource)) if wanted(o)]
-            else:
-                position, initial = int(since), []
-        if position < self._compacted_rv:
-            await send({"type": "ERROR", "object": _gone(position, self._compacted_rv)})
-            return response
-        for obj in initial:
-            await send({"type": "ADDED", "object": obj})
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout if timeout else None
-        while True:
-            changed = self._changed
-            first = bisect.bisect_right(self._events, position, key=lambda e: e[0])
-            for rv, res, event in self._events[first:]:
-                if res == resource and wanted(event["object"]):
-                    await send(event)
-                position = rv
-            wait = self.bookmark_interval if bookmarks else None
-            if deadline is not None:
-                left = max(deadline - loop.time(), 0.0)
-                wait = left if wait is None else min(wait, left)
-            try:
-                await asyncio.wait_for(changed.wait(), wait)
-            except TimeoutError:
-                if bookmarks:
-                    await send({"type": "BOOKMARK", "object": _bookmark(resource, info, self._last_rv)})
-                    position = max(position, self._last_rv)
-                if deadline is not None and loop.time() >= deadline:
-                    return response
-
     def _stored(self, resource: kmock.resource, namespace: str | None, name: str) -> Any:
         key = (resource, namespace, name)
         if key not in self.objects or self.objects[key].deleted:
-            raise _not_found(resource, name)
+            raise not_found(resource, name)
         return self.objects[key]
 
     async def _create(self, request: rendering.Request, info: kmock.ResourceInfo) -> dict[str, Any]:
         data = copy.deepcopy(request.data)
         if not isinstance(data, dict):
             raise _status_error(400, "BadRequest", "the body is not a JSON object")
-        group_version = _group_version(request.resource)
-        if data.get("kind", info.kind) != info.kind or data.get("apiVersion", group_version) != group_version:
+        api_version = group_version(request.resource)
+        if data.get("kind", info.kind) != info.kind or data.get("apiVersion", api_version) != api_version:
             raise _status_error(
                 400,
                 "BadRequest",
                 f"the API version in the data ({data.get('apiVersion')}) and kind ({data.get('kind')}) "
-                f"do not match {group_version} {info.kind}",
+                f"do not match {api_version} {info.kind}",
             )
-        data["apiVersion"], data["kind"] = group_version, info.kind
+        data["apiVersion"], data["kind"] = api_version, info.kind
         meta = data.setdefault("metadata", {})
         if info.namespaced and meta.get("namespace") and meta["namespace"] != request.namespace:
             raise _status_error(
@@ -486,7 +416,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             raise k8s.KubernetesError(
                 status=409,
                 reason="AlreadyExists",
-                message=f'{_qualified(request.resource)} "{meta["name"]}" already exists',
+                message=f'{qualified(request.resource)} "{meta["name"]}" already exists',
                 details={
                     "name": meta["name"],
                     "group": request.resource.group or "",
@@ -519,7 +449,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         old = copy.deepcopy(stored.raw)
         wanted = ((patch.get("metadata") or {}) if isinstance(patch, dict) else {}).get("resourceVersion")
         if wanted and wanted != old["metadata"]["resourceVersion"]:
-            raise _conflict(resource, name)
+            raise conflict(resource, name)
         try:
             new = copy.deepcopy(dict(dicts.patch_dict(copy.deepcopy(old), patch)))
         except (
@@ -545,7 +475,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         new = copy.deepcopy(request.data)
         wanted = new.get("metadata", {}).get("resourceVersion")
         if wanted and wanted != old["metadata"]["resourceVersion"]:
-            raise _conflict(request.resource, request.name)
+            raise conflict(request.resource, request.name)
         self._admit(
             Admission("update", request.resource, request.namespace, new, old, request.subresource, False)
         )
@@ -601,7 +531,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             version = str(self._last_rv)
         # Like kube-apiserver: the list says its kind; its items do not carry kind/apiVersion.
         return {
-            "apiVersion": _group_version(request.resource),
+            "apiVersion": group_version(request.resource),
             "kind": f"{info.kind or 'Object'}List",
             "metadata": {"resourceVersion": version},
             "items": [
@@ -614,7 +544,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
         obj = self._index.get(request.resource, {}).get((request.namespace, request.name))
         if obj is None or obj.deleted:
-            raise _not_found(request.resource, request.name)
+            raise not_found(request.resource, request.name)
         return obj.raw
 
     def _get_resources(self) -> list[Any]:
@@ -628,40 +558,6 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             if entry.get("namespaced") is None:
                 entry["namespaced"] = True
         return payload
-
-
-def _key(resource: Any) -> str:
-    return "/".join(p for p in (resource.group, resource.version, resource.plural) if p)
-
-
-def _conflict(resource: Any, name: str) -> k8s.KubernetesError:
-    return k8s.KubernetesError(
-        status=409,
-        reason="Conflict",
-        message=f'Operation cannot be fulfilled on {_qualified(resource)} "{name}": the object has been '
-        "modified; please apply your changes to the latest version and try again",
-        details={"name": name, "group": resource.group or "", "kind": resource.plural},
-    )
-
-
-def _gone(wanted: int, oldest: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Status",
-        "metadata": {},
-        "status": "Failure",
-        "message": f"too old resource version: {wanted} ({oldest})",
-        "reason": "Expired",
-        "code": 410,
-    }
-
-
-def _bookmark(resource: Any, info: Any, version: int) -> dict[str, Any]:
-    return {
-        "apiVersion": _group_version(resource),
-        "kind": info.kind if info else "Object",
-        "metadata": {"resourceVersion": str(version)},
-    }
 
 
 def rbac_rules(requests: Iterable[ApiRequest]) -> dict[tuple[str, str], set[str]]:

@@ -85,7 +85,7 @@ async def test_refused_child_is_retried_with_backoff_and_reported(emulator, tmp_
             f"retry gaps: {', '.join(f'{g:.2f}' for g in gaps)}s"
         )
         # Backoff: the gaps grow and stay at the cap (never a hot loop, never given up).
-        assert gaps[0] < BACKOFF * 2 + 0.3 and max(gaps) < BACKOFF_MAX + 0.5
+        assert gaps[0] < BACKOFF * 2 + 0.5 and max(gaps) < BACKOFF_MAX + 1.0
         assert min(gaps[-2:]) > BACKOFF_MAX * 0.8
         # Bounded: at the cap, at most one attempt per BACKOFF_MAX, each a dozen calls at most (read
         # the run, list 3 kinds, 2 creates, the status, an Event, kopf's echo handling).
@@ -141,3 +141,29 @@ async def test_no_spec_copy_in_annotations(emulator, tmp_path) -> None:
     run = emulator.find(RUNS, "ns1", "quickstart")
     assert not any("last-handled-configuration" in k for k in (run["metadata"].get("annotations") or {}))
     assert not run["metadata"].get("finalizers")
+
+
+async def test_refused_child_patch_names_the_child_and_the_server_message(emulator, tmp_path) -> None:
+    def no_suspend(_emu, admission: Admission) -> None:
+        patching = admission.verb == "patch" and admission.resource.plural == "jobs" and not admission.system
+        if patching and (admission.obj.get("spec") or {}).get("suspend"):
+            raise refuse(
+                422, "Invalid", 'Job.batch "quickstart-prepare" is invalid: spec.suspend: Forbidden: test'
+            )
+
+    emulator.admission_checks.append(no_suspend)
+    async with operator_running(
+        emulator, tmp_path, fast_config(retry_backoff=BACKOFF, retry_backoff_max=BACKOFF_MAX)
+    ):
+        await create_run(emulator, example("quickstart"))
+        await wait_for(lambda: children(emulator, JOBS) == ["quickstart-prepare"], what="the prepare Job")
+        resp = await emulator.patch(
+            "/apis/kubefusion.dev/v1alpha1/namespaces/ns1/fusionruns/quickstart",
+            json={"spec": {"suspend": True}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert resp.status == 200
+        cond = await wait_for(lambda: failed_condition(emulator), what="the ReconcileFailed condition")
+    assert cond["reason"] == "ChildRefused"
+    assert cond["message"].startswith("patch Job/quickstart-prepare refused by the API server: 422 Invalid:")
+    assert "spec.suspend: Forbidden: test" in cond["message"]

@@ -17,7 +17,9 @@ kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and
 - create fills uid, resourceVersion, generation, creationTimestamp (and a name from generateName) and
   answers 201; every write bumps resourceVersion (a deletion too); generation grows when anything
   outside metadata/status changes -> test_create_fills_metadata_and_patch_bumps_versions;
-- PATCH takes merge and JSON patches (a failed `test` op is 422); /status writes change only .status
+- PATCH takes merge and JSON patches by Content-Type (strategic merge only for built-in kinds, handled
+  as a merge patch; anything else, server-side apply included, is 415) and a failed `test` op is
+  422 -> test_patch_needs_a_patch_media_type; /status writes change only .status
   and main-resource writes leave .status alone when there is a status subresource
   -> test_status_subresource_and_recording;
 - a create must name the path's namespace (another one in the body is 400) and goes to a namespaced
@@ -133,6 +135,28 @@ def _rbac_verb(request: rendering.Request) -> str:
     if method == "DELETE":
         return "delete" if request.name else "deletecollection"
     return {"POST": "create", "PATCH": "patch", "PUT": "update"}.get(method, method.lower())
+
+
+def _patch_media_type_error(request: rendering.Request) -> k8s.KubernetesError | None:
+    """415 for a PATCH whose Content-Type is no patch format the server takes for this resource.
+
+    Strategic merge patches exist only for built-in kinds (not custom resources); server-side apply is
+    not emulated, so it is refused rather than applied with the wrong semantics.
+    """
+    group = request.resource.group or ""
+    builtin = "." not in group or group.endswith(".k8s.io")
+    accepted = ["application/json-patch+json", "application/merge-patch+json"]
+    if builtin:
+        accepted.append("application/strategic-merge-patch+json")
+    media_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+    if media_type in accepted:
+        return None
+    return _status_error(
+        415,
+        "UnsupportedMediaType",
+        "the body of the request was in an unknown format - accepted media types include: "
+        + ", ".join(accepted),
+    )
 
 
 class Admission(NamedTuple):
@@ -342,6 +366,8 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                     405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
                 )
             )
+        if method == "PATCH" and (refusal := _patch_media_type_error(request)):
+            return await self._render_error(refusal)
         try:
             async with self._lock:
                 if method == "POST" and request.name is None:

@@ -233,3 +233,18 @@ async def test_watch_bookmarks_and_timeout(emulator) -> None:
         emulator, {"resourceVersion": listing["metadata"]["resourceVersion"], "timeoutSeconds": "1"}, 1
     )
     assert quiet == []  # no bookmarks unless asked for; the stream still ends at the timeout
+
+
+async def test_patch_needs_a_patch_media_type(emulator) -> None:
+    await emulator.post(CM, json={"metadata": {"name": "p"}})
+    plain = await emulator.patch(f"{CM}/p", json={"data": {"k": "v"}})  # application/json
+    assert plain.status == 415 and (await plain.json())["reason"] == "UnsupportedMediaType"
+    strategic = {"Content-Type": "application/strategic-merge-patch+json"}
+    assert (await emulator.patch(f"{CM}/p", json={"data": {"k": "v"}}, headers=strategic)).status == 200
+    runs = "/apis/kubefusion.dev/v1alpha1/namespaces/ns1/fusionruns"
+    await emulator.post(runs, json={"metadata": {"name": "r"}, "spec": {}})
+    custom = await emulator.patch(f"{runs}/r", json={"spec": {"a": 1}}, headers=strategic)
+    assert custom.status == 415  # no strategic merge for custom resources
+    apply = {"Content-Type": "application/apply-patch+yaml"}
+    assert (await emulator.patch(f"{CM}/p", data=b"data: {k: w}", headers=apply)).status == 415
+    assert emulator.find("v1/configmaps", "ns1", "p")["data"] == {"k": "v"}

@@ -22,8 +22,9 @@ kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and
   422 -> test_patch_needs_a_patch_media_type; /status writes change only .status
   and main-resource writes leave .status alone when there is a status subresource
   -> test_status_subresource_and_recording;
-- a create must name the path's namespace (another one in the body is 400) and goes to a namespaced
-  path (POST to /api/v1/configmaps is 405) -> test_requests_a_real_server_refuses;
+- a create must name the path's namespace (another one in the body is 400), go to a namespaced path
+  (POST to /api/v1/configmaps is 405) and to a namespace that exists (`namespaces`, or a stored
+  Namespace; else 404 `namespaces "x" not found`) -> test_requests_a_real_server_refuses;
 - label selectors are honoured on lists and watches: =, ==, !=, exists, !exists, `in (...)`,
   `notin (...)`; an unparsable one is 400 -> test_label_selectors, test_requests_a_real_server_refuses;
 - watches: without resourceVersion (or "0") every existing object comes as ADDED, then changes; with
@@ -38,7 +39,7 @@ kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and
 - DELETE honours finalizers (deletionTimestamp, then gone when they are removed);
 - /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents (kubectl).
 Not emulated: garbage collection by ownerReference, schema validation (a CRD-schema admission module
-is separate), namespace existence, watch events for objects that stop matching a selector, RBAC
+is separate), watch events for objects that stop matching a selector, RBAC
 (another admission module), server-side apply.
 
 Recording (for RBAC derivation, e.g. by the Helm chart's tests)::
@@ -186,7 +187,8 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.api_requests: list[ApiRequest] = []
         self.api_request_agents: list[str] = []  # the User-Agent of each recorded request
-        self.namespaces: set[str] = {"default", "ns1", "ns2"}  # besides those of stored objects
+        # Namespaces that exist besides stored Namespace objects: creates elsewhere are 404.
+        self.namespaces: set[str] = {"default", "ns1", "ns2"}
         # resource -> (namespace, name) -> object: lists and fetches without scanning every object.
         self._index: dict[Any, dict[tuple[str | None, str], Any]] = {}
         # Every write as the watchers see it, in order: (ADDED|MODIFIED|DELETED, plural, name).
@@ -261,6 +263,10 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     def _next_rv(self) -> str:
         self._last_rv = next(self._rv)
         return str(self._last_rv)
+
+    def namespace_exists(self, name: str) -> bool:
+        """A namespace of `namespaces` (the test's) or a stored Namespace object."""
+        return name in self.namespaces or self.find("v1/namespaces", None, name) is not None
 
     def live(self, key: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """The objects of a resource ("apps/v1/deployments") that exist now."""
@@ -436,6 +442,8 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             raise _status_error(422, "Invalid", "metadata.name: Required value")
         if info.namespaced:
             meta["namespace"] = request.namespace
+            if not self.namespace_exists(request.namespace):
+                raise not_found(kmock.resource("v1/namespaces"), request.namespace)
         namespace = meta.get("namespace") if info.namespaced else None
         key = (request.resource, namespace, meta["name"])
         if key in self.objects and not self.objects[key].deleted:

@@ -143,6 +143,13 @@ async def test_requests_a_real_server_refuses(emulator) -> None:
     assert wrong_kind.status == 400
     cluster_path = await emulator.post("/api/v1/configmaps", json={"metadata": {"name": "x"}})
     assert cluster_path.status == 405
+    no_namespace = await emulator.post(
+        "/api/v1/namespaces/elsewhere/configmaps", json={"metadata": {"name": "x"}}
+    )
+    assert (
+        no_namespace.status == 404
+        and (await no_namespace.json())["message"] == 'namespaces "elsewhere" not found'
+    )
     bad_selector = await emulator.get(CM, params={"labelSelector": "a in (x"})
     assert bad_selector.status == 400
     assert emulator.live("v1/configmaps") == []

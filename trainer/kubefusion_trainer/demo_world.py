@@ -76,7 +76,7 @@ MODEL_SKILLS: dict[str, dict[str, float]] = {
 BASE_MODEL = {"adder": "target", "reverser": "target"}
 
 
-DEFAULT_STEPS = {"target": 2000, "adder": 600, "reverser": 300}
+DEFAULT_STEPS = {"target": 2000, "adder": 1500, "reverser": 300}
 
 
 @dataclass(frozen=True)

@@ -111,39 +111,27 @@ def test_quickstart_killed_three_times_resumes_and_every_stage_gains(workdir: Pa
     assert world["models"]["adder"]["accuracy"]["addition"] >= 0.9
     assert world["models"]["reverser"]["accuracy"]["reversal"] >= 0.9
 
+    def run_until_killed(condition: Callable[[], bool], what: str, unfinished_record: str) -> None:
+        """Start the run, SIGKILL it once `condition` holds, while `unfinished_record` is not written yet."""
+        process = _start(workdir, log)
+        _wait_for(condition, what, 900, process)
+        assert not layout.stage_record(unfinished_record).exists()
+        _kill_and_wait(process, layout)
+
     # 1. Kill during sampling: once the first source has committed part of its answers.
-    first = _start(workdir, log)
     chunks = layout.samples_dir("sources", "adder", "addition").parent
-    _wait_for(
+    run_until_killed(
         lambda: any(chunks.glob("*/chunks/*/chunk-*.jsonl")) or any(chunks.glob("*/shard-*.jsonl")),
         "committed adder answers",
-        600,
-        first,
+        "sample-sources-adder",
     )
-    assert not layout.stage_record("sample-sources-adder").exists()
-    _kill_and_wait(first, layout)
-
-    # 2. Kill during SFT: once a complete checkpoint exists.
-    second = _start(workdir, log)
-    _wait_for(
-        lambda: latest_complete_checkpoint(layout.checkpoints_dir("sft")) is not None,
-        "an SFT checkpoint",
-        900,
-        second,
-    )
-    assert not layout.stage_record("train-sft").exists()
-    _kill_and_wait(second, layout)
-
-    # 3. Kill during DPO: once a complete checkpoint exists.
-    third = _start(workdir, log)
-    _wait_for(
-        lambda: latest_complete_checkpoint(layout.checkpoints_dir("dpo")) is not None,
-        "a DPO checkpoint",
-        900,
-        third,
-    )
-    assert not layout.stage_record("train-dpo").exists()
-    _kill_and_wait(third, layout)
+    # 2. and 3. Kill during SFT, then during DPO: once the stage has a complete checkpoint.
+    for stage in ("sft", "dpo"):
+        run_until_killed(
+            lambda stage=stage: latest_complete_checkpoint(layout.checkpoints_dir(stage)) is not None,
+            f"a {stage} checkpoint",
+            f"train-{stage}",
+        )
 
     # 4. Run to the end.
     last = _start(workdir, log)

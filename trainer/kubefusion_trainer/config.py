@@ -195,7 +195,16 @@ class RewardModelConfig(CamelModel):
 
     model: ModelRef
     trust_remote_code: bool = Field(False, description="Needed for ArmoRM-style models. Default false.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Answers per forward pass. Default 16.")
+    batch_size: int = Field(
+        256, ge=1, le=4096, description="Most answers per forward pass (see tokensPerBatch). Default 256."
+    )
+    tokens_per_batch: int | None = Field(
+        None,
+        ge=1,
+        le=1048576,
+        description="Token budget of one forward pass: answers are length-sorted and packed while rows x the "
+        "longest row fit (one answer always fits). Default 16384 on a GPU, 2048 on CPU (cache-sized).",
+    )
     max_length: int = Field(
         4096, ge=16, le=131072, description="Tokens per scored conversation. Default 4096."
     )

@@ -140,16 +140,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="handle shard I of N of the prompts (Indexed Job index / completions)",
     )
     parser.add_argument(
+        "--max-in-flight",
         "--concurrency",
+        dest="max_in_flight",
         type=int,
         default=256,
-        help="requests in flight per endpoint (default 256: vLLM batches continuously)",
+        metavar="ANSWERS",
+        help="answers being generated at once per endpoint: this shard's share of what the server replica "
+        "runs (vLLM --max-num-seqs); a request for n answers counts n. The operator sets it (default 256)",
     )
     parser.add_argument(
+        "--stall-timeout",
         "--request-timeout",
+        dest="stall_timeout",
         type=float,
-        default=600.0,
-        help="seconds one request may take before it is retried (default 600)",
+        default=300.0,
+        help="seconds without a byte from the server (first token included) before a request is retried; "
+        "answers stream, so a long answer never times out (default 300)",
     )
     parser.add_argument(
         "--endpoint-deadline",
@@ -223,8 +230,8 @@ async def run_sample(run: RunConfig, args: argparse.Namespace, reporter: Progres
                 source,
                 url,
                 http,
-                concurrency=args.concurrency,
-                request_timeout=args.request_timeout,
+                max_in_flight=args.max_in_flight,
+                stall_timeout=args.stall_timeout,
                 deadline=args.endpoint_deadline,
                 retry=retry,
                 metrics=metrics,

@@ -241,6 +241,19 @@ class ScoringConfig(CamelModel):
     code_execution: CodeExecutionLimits = Field(
         default_factory=CodeExecutionLimits, description="Sandbox limits for code answers."
     )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Score pods on a cluster (an Indexed Job; prompts split by id, each pod with "
+        "rewardModel.gpus GPUs). Default 1.",
+    )
+    cpus: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="CPUs each score pod requests; math checks and code runs use that many workers. Default 4.",
+    )
 
 
 class StageResources(CamelModel):

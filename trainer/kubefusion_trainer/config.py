@@ -76,6 +76,13 @@ class SourceConfig(CamelModel):
     sampling: SamplingParams = Field(
         default_factory=SamplingParams, description="Sampling parameters for this source."
     )
+    parameters_billions: float | None = Field(
+        None,
+        gt=0,
+        le=100000,
+        description="Model size for `kubefusion plan` when the model is not in its table of known models. "
+        "Default: from the table, else from the name (e.g. 70B).",
+    )
 
 
 class TargetConfig(CamelModel):
@@ -94,6 +101,13 @@ class TargetConfig(CamelModel):
     )
     samples_per_prompt: int = Field(
         5, ge=2, le=64, description="Answers sampled from the SFT target per DPO prompt (WRPO). Default 5."
+    )
+    parameters_billions: float | None = Field(
+        None,
+        gt=0,
+        le=100000,
+        description="Model size for `kubefusion plan` when the model is not in its table of known models. "
+        "Default: from the table, else from the name (e.g. 8B).",
     )
 
 
@@ -195,6 +209,12 @@ class RewardModelConfig(CamelModel):
 
     model: ModelRef
     trust_remote_code: bool = Field(False, description="Needed for ArmoRM-style models. Default false.")
+    parameters_billions: float | None = Field(
+        None,
+        gt=0,
+        le=100000,
+        description="Model size for `kubefusion plan` when the model is not in its table.",
+    )
     batch_size: int = Field(
         256, ge=1, le=4096, description="Most answers per forward pass (see tokensPerBatch). Default 256."
     )

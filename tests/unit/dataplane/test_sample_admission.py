@@ -202,3 +202,26 @@ async def test_stream_reading_accepts_transformers_serve_and_refuses_broken_stre
         await read_stream(_lines('data: {"error": "out of memory"}\n\n'))
     with pytest.raises(BadResponse, match="not JSON"):
         await read_stream(_lines("data: <html>\n\n"))
+
+
+async def test_the_simulated_server_refuses_past_its_queue_and_decodes_slower_when_full(
+    session: aiohttp.ClientSession,
+) -> None:
+    server = await started(slots=2, ms_per_token=1.0, ms_per_seq=1.0, answer_tokens=10_000, queue_limit=3)
+    try:
+        body = {"model": "m", "messages": [{"role": "user", "content": "q"}], "n": 2}
+        url = f"{server.base_url}/chat/completions"
+        first = asyncio.create_task(session.post(url, json=body))  # fills both slots
+        second = asyncio.create_task(session.post(url, json=body))  # waits: 2 of 3 queue places
+        deadline = asyncio.get_running_loop().time() + 10
+        while server.stats.requests < 2 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        async with session.post(url, json=body) as refused:  # 2 more would make 4 waiting
+            assert refused.status == 503 and "queue full" in (await refused.text())
+        assert server.engine.stats.refused_requests == 1
+        assert server.engine.step_seconds(2) == pytest.approx(0.003)  # 1 ms + 1 ms per running answer
+        for task in (first, second):
+            task.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
+    finally:
+        await server.stop()

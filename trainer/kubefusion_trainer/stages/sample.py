@@ -8,7 +8,9 @@
 Held-out (eval) prompts are never sampled. `--shard I/N` takes the prompts whose id, read as a hex number, is
 I modulo N: disjoint, deterministic subsets for the pods of an Indexed Job. Output: samples/<phase>/<model>/
 <dataset>/shard-I-of-N.jsonl (SampleRecords), committed in chunks while running (shards.py); a rerun after a
-kill at any moment skips what is committed and loses nothing.
+kill at any moment skips what is committed and loses nothing. `--max-in-flight` bounds the answers being
+generated at once per endpoint (this shard's share of the server replica's batch; sampling/admission.py);
+answers stream, and `--stall-timeout` retries a request only when the server stops sending.
 
 Completion records (state/): sample-<phase>-<source> per source, and sample-<phase> once every source of the
 phase is done (phase target: sample-target only), each with the suffix -shard-I-of-N when sharded.
@@ -36,7 +38,7 @@ from kubefusion_trainer.records import PromptRecord
 from kubefusion_trainer.sampling.client import Endpoint, RetryPolicy
 from kubefusion_trainer.sampling.metrics import SampleMetrics
 from kubefusion_trainer.sampling.runner import SampleJob, run_jobs
-from kubefusion_trainer.shards import ShardWriter, read_jsonl
+from kubefusion_trainer.shards import ShardWriter, in_prompt_shard, read_jsonl
 
 
 class PlanError(ValueError):
@@ -54,7 +56,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def in_shard(pid: str, index: int, count: int) -> bool:
-    return int(pid, 16) % count == index
+    return in_prompt_shard(pid, index, count)  # the score stage splits its work the same way
 
 
 def load_prompts(layout: RunLayout, dataset: str) -> list[PromptRecord]:

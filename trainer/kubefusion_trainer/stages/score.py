@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="Run config file (YAML or JSON).")
     parser.add_argument("--phase", choices=("sources", "target"), default="sources", help="Default sources.")
     parser.add_argument(
-        "--shard", type=parse_shard, default=(0, 1), help="I/N: score every N-th sample shard from I."
+        "--shard", type=parse_shard, default=(0, 1), help="I/N: score the prompts whose id is I modulo N."
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Reward model device.")
     parser.add_argument(

@@ -56,20 +56,20 @@ def _work_header() -> str:
 def _estimate_lines(spec: FusionRunSpec, plan: Plan) -> list[str]:
     lines = [
         f"estimate on {plan.gpu.upper()} GPUs ({GPU_TYPES[plan.gpu].source}):",
-        f"  {'stage':<21}{'GPUs':>5}{'GPU-hours':>15}{'wall-clock h':>14}  how",
+        f"  {'stage':<21}{'GPUs':>5}{'GPU-hours':>15}{'wall-clock h':>15}  how",
     ]
 
     def row(s: StageEstimate, indent: str = "") -> str:
         gpus = str(s.gpus) if s.gpus else "CPU"
         gpu_hours = "-" if not s.gpus and s.gpu_hours == 0 else _hours(s.gpu_hours)
-        return f"  {indent + s.stage:<21}{gpus:>5}{gpu_hours:>15}{_hours(s.wall_hours):>14}  {s.detail}"
+        return f"  {indent + s.stage:<21}{gpus:>5}{gpu_hours:>15}{_hours(s.wall_hours):>15}  {s.detail}"
 
     for stage in plan.stages:
         lines.append(row(stage))
         lines.extend(row(part, "  ") for part in stage.parts)
     lines.append(
         f"  {'total':<21}{'':>5}{_hours(plan.gpu_hours_total()):>15}"
-        f"{_hours(plan.critical_path_hours()):>14}  GPU-hours; wall-clock = the critical path (stages in sequence)"
+        f"{_hours(plan.critical_path_hours()):>15}  GPU-hours; wall-clock = the critical path (stages in sequence)"
     )
     lines += ["", "model sizes (billions of parameters):"]
     models = [(s.name, s.model, s.parameters_billions) for s in spec.sources]

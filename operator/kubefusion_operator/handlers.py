@@ -17,10 +17,11 @@ from typing import Any
 import kopf
 
 from kubefusion_operator.api import GROUP, PLURAL, VERSION
+from kubefusion_operator.discovery import Discovery
 from kubefusion_operator.kube import KINDS, KubeApi
 from kubefusion_operator.metrics import OperatorMetrics
-from kubefusion_operator.reconcile import ReconcileConfig, Reconciler
-from kubefusion_operator.render.names import DEFAULT_IMAGE, RUN_LABEL
+from kubefusion_operator.reconcile import ReconcileConfig, Reconciler, api_fetch
+from kubefusion_operator.render.names import DEFAULT_IMAGE, DEFAULT_TRAINING_RUNTIME, RUN_LABEL
 
 
 @dataclass
@@ -34,6 +35,8 @@ class OperatorConfig:
     batch_window: float = 0.1  # kopf's per-object event batching window
     exit_timeout: float = 2.0  # seconds kopf lets running handlers finish when it stops
     scrape: bool = True  # read stage progress from stage pods' metrics endpoints
+    training_runtime: str = DEFAULT_TRAINING_RUNTIME  # the ClusterTrainingRuntime TrainJobs reference
+    discovery_interval: float = 30.0  # least seconds between discovery probes while a run waits for a CRD
 
 
 def _finished(status: Any) -> bool:
@@ -72,10 +75,12 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
         info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
         if info is not None:
+            api = KubeApi.from_connection_info(info)
             memo.reconciler = Reconciler(
-                KubeApi.from_connection_info(info),
-                ReconcileConfig(config.image, scrape=config.scrape),
+                api,
+                ReconcileConfig(config.image, scrape=config.scrape, training_runtime=config.training_runtime),
                 memo.metrics,
+                Discovery(api_fetch(api), min_interval=config.discovery_interval),
             )
         return info
 
@@ -161,7 +166,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if "ticker" in memo:
             memo.ticker.cancel()
 
-    for kind_name in ("Deployment", "Job", "PyTorchJob"):
+    # kopf watches only kinds the cluster serves (it notices CRDs installed later where it may list
+    # CRDs); the ticker's reconciles cover the rest.
+    for kind_name in ("Deployment", "Job", "PyTorchJob", "TrainJob"):
         kind = KINDS[kind_name]
 
         @kopf.on.event(

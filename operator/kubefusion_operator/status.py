@@ -87,6 +87,7 @@ class Observation:
     progress: Mapping[str, StageProgress] = field(default_factory=dict)  # task -> latest scraped progress
     message: str | None = None  # overrides the summary (e.g. an invalid spec)
     reason: str | None = None
+    training_backend: str | None = None  # trainjob | pytorchjob, once known
 
 
 def previous_status(raw: Mapping[str, Any] | None) -> FusionRunStatus:
@@ -203,7 +204,8 @@ def build_status(
     else:
         stage_name = current.name if current else None
         running = [r.name for r in records if r.state == "Running"]
-        reason, message = "Running", obs.message or f"running {', '.join(running) or stage_name}"
+        reason = obs.reason or "Running"
+        message = obs.message or f"running {', '.join(running) or stage_name}"
     progress_text = f"{done}/{len(records)} stages"
     if current is not None and current.progress and current.progress.total and obs.phase == "Progressing":
         pct = 100 * current.progress.done // max(current.progress.total, 1)
@@ -221,6 +223,7 @@ def build_status(
         counts=counts,
         message=message,
         tasks={k: v for k, v in task_states.items() if v != "Pending"},  # type: ignore[misc]
+        training_backend=obs.training_backend or previous.training_backend,  # type: ignore[arg-type]
     )
 
 

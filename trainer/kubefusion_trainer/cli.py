@@ -30,10 +30,10 @@ def export_env_dir(environ: dict[str, str] | os._Environ[str] = os.environ) -> l
     names = []
     for path in sorted(Path(folder).iterdir()):
         # A mounted Secret also holds ..data and timestamped folders: only plain files named like variables.
-        if path.is_file() and not path.name.startswith(".") and path.name.isidentifier():
-            if path.name not in environ:
-                environ[path.name] = path.read_text(encoding="utf-8")
-                names.append(path.name)
+        plain = path.is_file() and not path.name.startswith(".") and path.name.isidentifier()
+        if plain and path.name not in environ:
+            environ[path.name] = path.read_text(encoding="utf-8")
+            names.append(path.name)
     return names
 
 

@@ -12,8 +12,8 @@ from kubefusion_operator.api import TrainingRuntimeRef
 from kubefusion_operator.planner import TaskKind, plan_tasks
 from kubefusion_operator.render.names import RenderContext
 from kubefusion_operator.render.task import build_task_children
-from kubefusion_operator.render.trainjob import ENV_DIR_VARIABLE, runtime_patch
 from kubefusion_operator.render.training import torchrun_command
+from kubefusion_operator.render.trainjob import ENV_DIR_VARIABLE, runtime_patch
 from kubefusion_operator.validation import load_fusionrun
 
 REPO = Path(__file__).resolve().parents[3]

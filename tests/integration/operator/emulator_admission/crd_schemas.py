@@ -52,7 +52,9 @@ MISSING_REASON = (
 
 
 def schemas_dir() -> Path | None:
-    candidates = [Path(os.environ["KUBEFUSION_SHARED_DIR"])] if os.environ.get("KUBEFUSION_SHARED_DIR") else []
+    candidates = (
+        [Path(os.environ["KUBEFUSION_SHARED_DIR"])] if os.environ.get("KUBEFUSION_SHARED_DIR") else []
+    )
     candidates.append(REPO.parent / "shared")
     for folder in candidates:
         if (folder / "schemas" / CRDS[("trainer.kubeflow.org", "trainjobs")][0]).is_file():

@@ -1,0 +1,159 @@
+"""Training on whatever the cluster has: TrainJob (Trainer v2), PyTorchJob (v1), both, or neither yet.
+
+Each cluster serves only the CRDs a test installs (others answer 404 and are absent from discovery),
+and TrainJob/PyTorchJob writes are checked against the real CRD schemas (emulator_admission/crd_schemas).
+"""
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from op_cluster import (
+    PYTORCHJOBS,
+    TRAINJOBS,
+    Cluster,
+    children,
+    condition,
+    create_run,
+    drive_to_end,
+    example,
+    operator_running,
+    run_status,
+    wait_for,
+)
+from op_emulator import emulator  # noqa: F401
+from op_training import install, trainer_cluster
+
+pytestmark = pytest.mark.integration
+
+CHILD_PLURALS = ("deployments", "services", "jobs", "pytorchjobs", "trainjobs")
+CLUSTERS = {
+    "trainjob-only": ({"trainjob": True, "pytorchjob": False}, "trainjob"),
+    "pytorchjob-only": ({"trainjob": False, "pytorchjob": True}, "pytorchjob"),
+    "both": ({"trainjob": True, "pytorchjob": True}, "trainjob"),  # auto prefers Trainer v2
+}
+RUNS = {"fusechat3": "quickstart", "wrpo": "wrpo-llama3-8b"}
+TRAIN_STAGES = {"fusechat3": ["sft", "dpo"], "wrpo": ["sft", "wrpo"]}
+KEYS = {"trainjob": TRAINJOBS, "pytorchjob": PYTORCHJOBS}
+
+
+def added_children(emulator) -> list[tuple[str, str]]:
+    return [(p, n) for t, p, n in emulator.timeline if t == "ADDED" and p in CHILD_PLURALS]
+
+
+async def drive_with_restarts(emulator, tmp_path, name: str, rounds: int = 60) -> None:
+    """A fresh operator for every step the cluster takes, until the run has Succeeded."""
+    cluster = Cluster(emulator)
+    for _ in range(rounds):
+        async with operator_running(emulator, tmp_path):
+            await wait_for(lambda: run_status(emulator, "ns1", name).get("observedGeneration"))
+            seen = len(emulator.timeline)
+            await cluster.advance()
+            await wait_for(
+                lambda seen=seen: (
+                    any(t[0] == "ADDED" and t[1] in CHILD_PLURALS for t in emulator.timeline[seen:])
+                    or condition(emulator, "ns1", name, "Succeeded") == "True"
+                    or len(emulator.timeline) > seen + 2
+                ),
+                what="the operator's reaction",
+            )
+        if condition(emulator, "ns1", name, "Succeeded") == "True":
+            return
+    raise AssertionError(f"{name} did not finish: {run_status(emulator, 'ns1', name)}")
+
+
+@pytest.mark.parametrize("recipe", RUNS)
+@pytest.mark.parametrize("cluster", CLUSTERS)
+async def test_auto_backend_runs_to_the_end_across_restarts(emulator, tmp_path, cluster, recipe) -> None:
+    served, expected = CLUSTERS[cluster]
+    trainer_cluster(emulator, **served)
+    doc = example(RUNS[recipe])
+    name = doc["metadata"]["name"]
+    assert doc["spec"].get("training", {}).get("backend", "auto") == "auto"
+    await create_run(emulator, doc)
+    await drive_with_restarts(emulator, tmp_path, name)
+
+    status = run_status(emulator, "ns1", name)
+    assert status["trainingBackend"] == expected
+    assert {s["name"]: s["state"] for s in status["stages"]} == {
+        s["name"]: "Succeeded" for s in status["stages"]
+    }
+    plurals = {"trainjob": "trainjobs", "pytorchjob": "pytorchjobs"}
+    training = [(p, n) for p, n in added_children(emulator) if p in plurals.values()]
+    assert training == [(plurals[expected], f"{name}-{stage}") for stage in TRAIN_STAGES[recipe]]
+    # restarts at every step created nothing twice (a server's Deployment and Service share a name)
+    names = added_children(emulator)
+    assert len(names) == len(set(names))
+    sft = emulator.find(KEYS[expected], "ns1", f"{name}-sft")
+    assert sft is not None and status["stages"][[s["name"] for s in status["stages"]].index("sft")][
+        "children"
+    ] == [f"{'TrainJob' if expected == 'trainjob' else 'PyTorchJob'}/{name}-sft"]
+
+
+async def test_without_a_training_operator_the_run_waits_then_finishes_once_one_is_installed(
+    emulator, tmp_path
+) -> None:
+    trainer_cluster(emulator, trainjob=False, pytorchjob=False)
+    cluster = Cluster(emulator)
+
+    def waiting() -> bool:
+        conds = {c["type"]: c for c in run_status(emulator, "ns1", "quickstart").get("conditions", [])}
+        return conds.get("Progressing", {}).get("reason") == "TrainingBackendMissing"
+
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("quickstart"))
+        await wait_for(lambda: children(emulator, "batch/v1/jobs"), what="prepare")
+        while not waiting():  # prepare -> build complete
+            await cluster.advance()
+            assert condition(emulator, "ns1", "quickstart", "Failed") != "True"
+            await asyncio.sleep(0.05)
+    status = run_status(emulator, "ns1", "quickstart")
+    stages = {s["name"]: s["state"] for s in status["stages"]}
+    assert [stages[s] for s in ("prepare", "sample", "score", "build")] == ["Succeeded"] * 4
+    assert stages["sft"] == "Pending" and status.get("trainingBackend") is None
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert progressing["status"] == "True"
+    assert "trainjobs.trainer.kubeflow.org" in progressing["message"]
+    assert "pytorchjobs.kubeflow.org" in progressing["message"]
+    assert "docs/install.md" in progressing["message"]
+    assert condition(emulator, "ns1", "quickstart", "Failed") == "False"
+
+    # A restart while waiting changes nothing; installing Trainer v2 lets the same operator go on.
+    before = added_children(emulator)
+    async with operator_running(emulator, tmp_path):
+        await wait_for(lambda: len(emulator.api_requests) > 0)
+        await wait_for(waiting, what="still waiting after a restart")
+        assert added_children(emulator) == before
+        install(emulator, "trainjob")
+        await wait_for(lambda: children(emulator, TRAINJOBS), timeout=20, what="the sft TrainJob")
+        await drive_to_end(emulator, "quickstart")
+    status = run_status(emulator, "ns1", "quickstart")
+    assert condition(emulator, "ns1", "quickstart", "Succeeded") == "True", status
+    assert status["trainingBackend"] == "trainjob"
+    assert not waiting()
+
+
+async def test_a_requested_backend_that_is_missing_waits_even_when_the_other_is_there(
+    emulator, tmp_path
+) -> None:
+    trainer_cluster(emulator, trainjob=False, pytorchjob=True)
+    doc = example("quickstart", training={**example("quickstart")["spec"]["training"], "backend": "trainjob"})
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, doc)
+        cluster = Cluster(emulator)
+
+        def reason() -> str | None:
+            conds = run_status(emulator, "ns1", "quickstart").get("conditions", [])
+            return next((c["reason"] for c in conds if c["type"] == "Progressing"), None)
+
+        for _ in range(200):
+            if reason() == "TrainingBackendMissing":
+                break
+            await cluster.advance()
+            await asyncio.sleep(0.05)
+        assert reason() == "TrainingBackendMissing"
+        message = run_status(emulator, "ns1", "quickstart")["message"]
+        assert "trainjobs.trainer.kubeflow.org" in message and "pytorchjobs" not in message
+        assert children(emulator, PYTORCHJOBS) == []

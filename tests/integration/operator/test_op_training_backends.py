@@ -8,6 +8,7 @@ and TrainJob/PyTorchJob writes are checked against the real CRD schemas (emulato
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from op_cluster import (
@@ -105,7 +106,9 @@ async def test_without_a_training_operator_the_run_waits_then_finishes_once_one_
     async with operator_running(emulator, tmp_path):
         await create_run(emulator, example("quickstart"))
         await wait_for(lambda: children(emulator, "batch/v1/jobs"), what="prepare")
+        deadline = time.monotonic() + 30
         while not waiting():  # prepare -> build complete
+            assert time.monotonic() < deadline, run_status(emulator, "ns1", "quickstart")
             await cluster.advance()
             assert condition(emulator, "ns1", "quickstart", "Failed") != "True"
             await asyncio.sleep(0.05)

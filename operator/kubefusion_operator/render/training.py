@@ -49,7 +49,7 @@ def trainer_image(ctx: RenderContext, task: Task) -> str:
     return ctx.spec.training_stages()[task.name].resources.image or ctx.image
 
 
-def trainer_container(ctx: RenderContext, task: Task, name: str) -> dict[str, Any]:
+def trainer_container(ctx: RenderContext, task: Task, name: str, *, shm: bool = True) -> dict[str, Any]:
     """The training container (every node runs the same one)."""
     return {
         "name": name,
@@ -59,16 +59,17 @@ def trainer_container(ctx: RenderContext, task: Task, name: str) -> dict[str, An
         "envFrom": pods.env_from(ctx),
         "ports": [pods.metrics_port()],
         "resources": trainer_resources(ctx, task),
-        "volumeMounts": pods.volume_mounts(ctx, shm=True),
+        "volumeMounts": pods.volume_mounts(ctx, shm=shm),
     }
 
 
-def trainer_pod(ctx: RenderContext, task: Task, container_name: str) -> dict[str, Any]:
-    """The pod template of a training node: labels to find it by, storage, config, /dev/shm."""
+def trainer_pod(ctx: RenderContext, task: Task, container_name: str, *, shm: bool = True) -> dict[str, Any]:
+    """The pod template of a training node: labels to find it by, storage, config, /dev/shm (unless
+    something else provides it: a TrainJob's runtime does)."""
     return {
         "metadata": {"labels": ctx.labels(task), "annotations": pods.pod_annotations()},
         "spec": {
-            "containers": [trainer_container(ctx, task, container_name)],
-            "volumes": pods.volumes(ctx, shm=True),
+            "containers": [trainer_container(ctx, task, container_name, shm=shm)],
+            "volumes": pods.volumes(ctx, shm=shm),
         },
     }

@@ -2,7 +2,7 @@
 
 The TrainJob names a runtime (the chart's ClusterTrainingRuntime, or one the spec names) that owns
 the JobSet shape: the torch mlPolicy, /dev/shm, the restricted security context and the whole-gang
-restart. The run's own pieces go in through `spec.trainer` (image, command, nodes, processes,
+restart. A runtime of the user's own needs a replicated job and container named `node` and /dev/shm. The run's own pieces go in through `spec.trainer` (image, command, nodes, processes,
 resources, env) and one `runtimePatches` entry for the `node` replicated job (volumes, mounts, labels,
 node selection, tolerations, security context). The patch is projected from the same pod the
 PyTorchJob backend runs (render/training.py), so both backends get the same pod settings.
@@ -95,7 +95,7 @@ def runtime_ref(ctx: RenderContext) -> dict[str, str]:
 
 def build_trainjob(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dict[str, Any]:
     resources = ctx.spec.training_stages()[task.name].resources
-    pod = trainer_pod(ctx, task, NODE)
+    pod = trainer_pod(ctx, task, NODE, shm=False)  # the runtime mounts /dev/shm
     container = pod["spec"]["containers"][0]
     patch, env = runtime_patch(pod)
     return {

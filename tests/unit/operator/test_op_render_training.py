@@ -94,11 +94,11 @@ def test_trainjob_carries_the_run_settings() -> None:
     assert pod["metadata"]["labels"]["kubefusion.dev/run"] == ctx.name
     assert pod["metadata"]["labels"]["kubefusion.dev/task"] == "sft"
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
-    assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory"}}
+    assert "dshm" not in volumes  # the runtime mounts /dev/shm (a second volume of that name is invalid)
     assert volumes["run-config"]["configMap"]["name"] == f"{ctx.name}-config"
     (node,) = pod["spec"]["containers"]
     assert node["name"] == "node"
-    assert {m["mountPath"] for m in node["volumeMounts"]} >= {"/etc/kubefusion", "/dev/shm"}
+    assert {m["mountPath"] for m in node["volumeMounts"]} >= {"/etc/kubefusion"}
     assert "env" not in node  # the trainer container's env goes through spec.trainer.env only
 
 

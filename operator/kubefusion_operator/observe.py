@@ -135,7 +135,10 @@ def observe(
         elif recorded == TaskState.SUCCEEDED and task.kind != TaskKind.SERVER:
             state = TaskState.SUCCEEDED  # a Job once seen complete stays complete
         else:
-            state = child_states[main["kind"]](main, queued_by_kueue)
+            # A job we suspended ourselves (recorded Suspended) is paused even under Kueue, so that
+            # resuming the run resumes it; any other suspended job is one Kueue has not admitted yet.
+            queued = queued_by_kueue and recorded != TaskState.SUSPENDED
+            state = child_states[main["kind"]](main, queued)
         if state == TaskState.FAILED and main is not None:
             failures.append(failure_of(main, task.name))
         states[task.name] = state

@@ -160,3 +160,63 @@ async def test_a_requested_backend_that_is_missing_waits_even_when_the_other_is_
         message = run_status(emulator, "ns1", "quickstart")["message"]
         assert "trainjobs.trainer.kubeflow.org" in message and "pytorchjobs" not in message
         assert children(emulator, PYTORCHJOBS) == []
+
+
+SUSPEND_FIELD = {
+    "trainjob": lambda job: job["spec"].get("suspend"),
+    "pytorchjob": lambda job: job["spec"]["runPolicy"].get("suspend"),
+}
+KUEUE_SUSPEND = {
+    "trainjob": {"spec": {"suspend": True}},
+    "pytorchjob": {"spec": {"runPolicy": {"suspend": True}}},
+}
+
+
+@pytest.mark.parametrize("backend", ["trainjob", "pytorchjob"])
+async def test_suspend_resume_and_kueue_with_either_backend(emulator, tmp_path, backend) -> None:
+    trainer_cluster(emulator, trainjob=backend == "trainjob", pytorchjob=backend == "pytorchjob")
+    key = KEYS[backend]
+    url = "/apis/kubefusion.dev/v1alpha1/namespaces/ns1/fusionruns/quickstart"
+    merge = {"Content-Type": "application/merge-patch+json"}
+
+    def sft_stage() -> str:
+        stages = run_status(emulator, "ns1", "quickstart").get("stages", [])
+        return next((s["state"] for s in stages if s["name"] == "sft"), "")
+
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("quickstart", queueName="gpu-queue"))
+        cluster = Cluster(emulator)
+        deadline = time.monotonic() + 30
+        while not children(emulator, key):
+            assert time.monotonic() < deadline, run_status(emulator, "ns1", "quickstart")
+            await cluster.advance()
+            await asyncio.sleep(0.05)
+        (sft,) = children(emulator, key)
+        job = emulator.find(key, "ns1", sft)
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+
+        # Kueue holds the job suspended until the queue admits it: the stage is queued, not paused.
+        await emulator.write(key, "ns1", sft, KUEUE_SUSPEND[backend])
+        await wait_for(lambda: sft_stage() == "Running", what="queued counts as running")
+        assert condition(emulator, "ns1", "quickstart", "Suspended") == "False"
+        unsuspend = (
+            {"spec": {"suspend": False}}
+            if backend == "trainjob"
+            else {"spec": {"runPolicy": {"suspend": False}}}
+        )
+        await emulator.write(key, "ns1", sft, unsuspend)  # admitted
+
+        # The user pauses the run: the operator suspends the training job, then resumes it.
+        assert (await emulator.patch(url, json={"spec": {"suspend": True}}, headers=merge)).status == 200
+        await wait_for(
+            lambda: SUSPEND_FIELD[backend](emulator.find(key, "ns1", sft)) is True, what="suspended"
+        )
+        await wait_for(
+            lambda: condition(emulator, "ns1", "quickstart", "Suspended") == "True", what="Suspended"
+        )
+        assert (await emulator.patch(url, json={"spec": {"suspend": False}}, headers=merge)).status == 200
+        await wait_for(
+            lambda: SUSPEND_FIELD[backend](emulator.find(key, "ns1", sft)) is False, what="resumed"
+        )
+        await drive_to_end(emulator, "quickstart")
+    assert condition(emulator, "ns1", "quickstart", "Succeeded") == "True"

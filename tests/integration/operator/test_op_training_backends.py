@@ -220,3 +220,31 @@ async def test_suspend_resume_and_kueue_with_either_backend(emulator, tmp_path, 
         )
         await drive_to_end(emulator, "quickstart")
     assert condition(emulator, "ns1", "quickstart", "Succeeded") == "True"
+
+
+async def test_trainjob_progress_reaches_the_run_status(emulator, tmp_path) -> None:
+    trainer_cluster(emulator, trainjob=True, pytorchjob=False)
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("quickstart"))
+        cluster = Cluster(emulator)
+        deadline = time.monotonic() + 30
+        while not children(emulator, TRAINJOBS):
+            assert time.monotonic() < deadline, run_status(emulator, "ns1", "quickstart")
+            await cluster.advance()
+            await asyncio.sleep(0.05)
+        trainer_status = {
+            "progressPercentage": 40,
+            "lastUpdatedTime": "2026-01-01T00:00:00Z",
+            "metrics": [{"name": "loss", "value": "0.5"}],
+        }
+        await emulator.write(
+            TRAINJOBS, "ns1", "quickstart-sft", {"status": {"trainerStatus": trainer_status}}
+        )
+
+        def sft_progress() -> dict:
+            stages = run_status(emulator, "ns1", "quickstart").get("stages", [])
+            return next(s for s in stages if s["name"] == "sft").get("progress") or {}
+
+        await wait_for(lambda: sft_progress().get("done") == 40, what="the TrainJob's progress")
+        assert sft_progress() == {"done": 40, "total": 100, "unit": "percent", "lastLoss": 0.5}
+        assert run_status(emulator, "ns1", "quickstart")["progress"].endswith("sft 40%")

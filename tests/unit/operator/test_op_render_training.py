@@ -161,3 +161,29 @@ def test_pytorchjob_fails_as_a_group_and_frees_its_pods() -> None:
     for replica in replicas.values():
         template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
         kubernetes_validate.validate({**template, "template": replica["template"]}, "1.31", strict=True)
+
+
+@pytest.mark.parametrize(
+    ("backend", "expected"),
+    [
+        ("auto", "TrainJob, or a PyTorchJob"),
+        ("trainjob", "TrainJob (Kubeflow Trainer v2)"),
+        ("pytorchjob", "PyTorchJob (training operator v1)"),
+    ],
+)
+def test_plan_names_the_backend(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], backend: str, expected: str
+) -> None:
+    import yaml
+
+    from kubefusion_operator.cli import main
+
+    doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
+    doc["spec"]["training"]["backend"] = backend
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["plan", "-f", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"training backend: {backend}" in out
+    sft = out[out.index(" sft ") :]
+    assert f"creates: {expected}" in sft

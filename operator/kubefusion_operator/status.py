@@ -142,6 +142,7 @@ def _sum_progress(items: list[StageProgress]) -> StageProgress | None:
         done=sum(p.done for p in items),
         total=None if any(t is None for t in totals) else sum(t or 0 for t in totals),
         unit=items[0].unit,
+        last_loss=next((p.last_loss for p in reversed(items) if p.last_loss is not None), None),
     )
 
 

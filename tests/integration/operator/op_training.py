@@ -16,11 +16,14 @@ The stand-ins follow the real controllers where the tests rely on it:
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from op_cluster import PYTORCHJOBS, TRAINJOBS
+from op_cluster import PYTORCHJOBS, TRAINJOBS, Cluster, condition, run_status
 from op_emulator import RecordingEmulator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "emulator_admission"))
@@ -58,6 +61,25 @@ def trainer_cluster(emulator: RecordingEmulator, *, trainjob: bool, pytorchjob: 
         (install if wanted else withhold)(emulator, backend)
     if crd_schemas.check not in emulator.admission_checks:
         emulator.admission_checks.append(crd_schemas.check)
+
+
+async def advance_until(
+    emulator: RecordingEmulator,
+    done: Callable[[], Any],
+    what: str,
+    run: str = "quickstart",
+    timeout: float = 30,
+) -> Any:
+    """Play the cluster (servers ready, Jobs complete, training succeeds) until done(); the run must not fail."""
+    cluster = Cluster(emulator)
+    deadline = time.monotonic() + timeout
+    while not (value := done()):
+        status = run_status(emulator, "ns1", run)
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {status}"
+        assert condition(emulator, "ns1", run, "Failed") != "True", status
+        await cluster.advance()
+        await asyncio.sleep(0.05)
+    return value
 
 
 def _gpus(template: dict[str, Any]) -> int:

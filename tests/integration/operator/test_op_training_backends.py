@@ -7,9 +7,6 @@ and TrainJob/PyTorchJob writes are checked against the real CRD schemas (emulato
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 from op_cluster import (
     PYTORCHJOBS,
@@ -25,7 +22,7 @@ from op_cluster import (
     wait_for,
 )
 from op_emulator import emulator  # noqa: F401
-from op_training import install, trainer_cluster
+from op_training import advance_until, install, trainer_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +94,6 @@ async def test_without_a_training_operator_the_run_waits_then_finishes_once_one_
     emulator, tmp_path
 ) -> None:
     trainer_cluster(emulator, trainjob=False, pytorchjob=False)
-    cluster = Cluster(emulator)
 
     def waiting() -> bool:
         conds = {c["type"]: c for c in run_status(emulator, "ns1", "quickstart").get("conditions", [])}
@@ -106,12 +102,7 @@ async def test_without_a_training_operator_the_run_waits_then_finishes_once_one_
     async with operator_running(emulator, tmp_path):
         await create_run(emulator, example("quickstart"))
         await wait_for(lambda: children(emulator, "batch/v1/jobs"), what="prepare")
-        deadline = time.monotonic() + 30
-        while not waiting():  # prepare -> build complete
-            assert time.monotonic() < deadline, run_status(emulator, "ns1", "quickstart")
-            await cluster.advance()
-            assert condition(emulator, "ns1", "quickstart", "Failed") != "True"
-            await asyncio.sleep(0.05)
+        await advance_until(emulator, waiting, "prepare to build, then the wait")
     status = run_status(emulator, "ns1", "quickstart")
     stages = {s["name"]: s["state"] for s in status["stages"]}
     assert [stages[s] for s in ("prepare", "sample", "score", "build")] == ["Succeeded"] * 4
@@ -145,18 +136,12 @@ async def test_a_requested_backend_that_is_missing_waits_even_when_the_other_is_
     doc = example("quickstart", training={**example("quickstart")["spec"]["training"], "backend": "trainjob"})
     async with operator_running(emulator, tmp_path):
         await create_run(emulator, doc)
-        cluster = Cluster(emulator)
 
         def reason() -> str | None:
             conds = run_status(emulator, "ns1", "quickstart").get("conditions", [])
             return next((c["reason"] for c in conds if c["type"] == "Progressing"), None)
 
-        for _ in range(200):
-            if reason() == "TrainingBackendMissing":
-                break
-            await cluster.advance()
-            await asyncio.sleep(0.05)
-        assert reason() == "TrainingBackendMissing"
+        await advance_until(emulator, lambda: reason() == "TrainingBackendMissing", "the wait")
         message = run_status(emulator, "ns1", "quickstart")["message"]
         assert "trainjobs.trainer.kubeflow.org" in message and "pytorchjobs" not in message
         assert children(emulator, PYTORCHJOBS) == []
@@ -185,13 +170,7 @@ async def test_suspend_resume_and_kueue_with_either_backend(emulator, tmp_path, 
 
     async with operator_running(emulator, tmp_path):
         await create_run(emulator, example("quickstart", queueName="gpu-queue"))
-        cluster = Cluster(emulator)
-        deadline = time.monotonic() + 30
-        while not children(emulator, key):
-            assert time.monotonic() < deadline, run_status(emulator, "ns1", "quickstart")
-            await cluster.advance()
-            await asyncio.sleep(0.05)
-        (sft,) = children(emulator, key)
+        (sft,) = await advance_until(emulator, lambda: children(emulator, key), "the sft training job")
         job = emulator.find(key, "ns1", sft)
         assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
 
@@ -226,12 +205,7 @@ async def test_trainjob_progress_reaches_the_run_status(emulator, tmp_path) -> N
     trainer_cluster(emulator, trainjob=True, pytorchjob=False)
     async with operator_running(emulator, tmp_path):
         await create_run(emulator, example("quickstart"))
-        cluster = Cluster(emulator)
-        deadline = time.monotonic() + 30
-        while not children(emulator, TRAINJOBS):
-            assert time.monotonic() < deadline, run_status(emulator, "ns1", "quickstart")
-            await cluster.advance()
-            await asyncio.sleep(0.05)
+        await advance_until(emulator, lambda: children(emulator, TRAINJOBS), "the sft TrainJob")
         trainer_status = {
             "progressPercentage": 40,
             "lastUpdatedTime": "2026-01-01T00:00:00Z",

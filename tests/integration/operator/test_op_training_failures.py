@@ -4,15 +4,11 @@ retry starts it again. Also: the emulator refuses training objects its real CRD 
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import pytest
 from op_cluster import (
     DEPLOYMENTS,
     PYTORCHJOBS,
     TRAINJOBS,
-    Cluster,
     children,
     condition,
     create_run,
@@ -23,7 +19,7 @@ from op_cluster import (
     wait_for,
 )
 from op_emulator import emulator  # noqa: F401
-from op_training import TrainingOperators, crd_schemas, trainer_cluster
+from op_training import TrainingOperators, advance_until, crd_schemas, trainer_cluster
 
 from kubefusion_operator.api import RETRY_ANNOTATION
 
@@ -43,14 +39,7 @@ def two_node_run() -> dict:
 
 async def advance_until_training(emulator, key: str) -> str:
     """Play the cluster until the run's sft training job exists; its name."""
-    cluster = Cluster(emulator)
-    deadline = time.monotonic() + 30
-    while not children(emulator, key):
-        assert time.monotonic() < deadline, f"no training job: {run_status(emulator, 'ns1', 'quickstart')}"
-        assert condition(emulator, "ns1", "quickstart", "Failed") != "True"
-        await cluster.advance()
-        await asyncio.sleep(0.05)
-    (name,) = children(emulator, key)
+    (name,) = await advance_until(emulator, lambda: children(emulator, key), "the sft training job")
     return name
 
 

@@ -187,3 +187,27 @@ def test_plan_names_the_backend(
     assert f"training backend: {backend}" in out
     sft = out[out.index(" sft ") :]
     assert f"creates: {expected}" in sft
+
+
+def test_node_selection_and_security_of_the_training_pod_reach_the_runtime_patch() -> None:
+    """Whatever the shared training pod sets for scheduling or security (render/training.trainer_pod, where
+    pod hardening and node selection apply to both backends) goes into the TrainJob's patch."""
+    pod = {
+        "metadata": {"labels": {"a": "b"}},
+        "spec": {
+            "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            "affinity": {"nodeAffinity": {}},
+            "securityContext": {"runAsNonRoot": True},
+            "volumes": [],
+            "containers": [
+                {"name": "node", "securityContext": {"allowPrivilegeEscalation": False}, "env": []}
+            ],
+        },
+    }
+    patch, _env = runtime_patch(pod)
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    spec = job["template"]["spec"]["template"]["spec"]
+    for key in ("nodeSelector", "tolerations", "affinity", "securityContext"):
+        assert spec[key] == pod["spec"][key]
+    assert spec["containers"][0]["securityContext"] == {"allowPrivilegeEscalation": False}

@@ -1,6 +1,7 @@
 """From a run's child objects to planner task states and failure details. Pure.
 
-The inverse of render/: each child names its task in the kubefusion.dev/task annotation.
+The inverse of render/: each child names its task in the kubefusion.dev/task annotation. Children
+come grouped by the kind they were listed as: a real API server's list items carry no kind/apiVersion.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def task_of(obj: Mapping[str, Any]) -> str | None:
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(TASK_ANNOTATION)
 
 
-def child_ref(obj: Mapping[str, Any]) -> str:
-    return f"{obj['kind']}/{obj['metadata']['name']}"
+def child_ref(kind: str, obj: Mapping[str, Any]) -> str:
+    return f"{kind}/{obj['metadata']['name']}"
 
 
 def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -87,7 +88,7 @@ CORE_STATES: dict[str, StateFn] = {
 }
 
 
-def failure_of(obj: Mapping[str, Any], task: str) -> ChildFailure:
+def failure_of(kind: str, obj: Mapping[str, Any], task: str) -> ChildFailure:
     cond = None
     for type_ in ("Failed", "FailureTarget"):
         cond = cond or _condition(obj, type_)
@@ -96,12 +97,12 @@ def failure_of(obj: Mapping[str, Any], task: str) -> ChildFailure:
             (c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Progressing"),
             {},
         )
-    return ChildFailure(task, child_ref(obj), cond.get("reason") or "Failed", cond.get("message") or "")
+    return ChildFailure(task, child_ref(kind, obj), cond.get("reason") or "Failed", cond.get("message") or "")
 
 
 def observe(
     tasks: Iterable[Task],
-    children: Iterable[Mapping[str, Any]],
+    children: Mapping[str, Iterable[Mapping[str, Any]]],
     persisted: Mapping[str, str],
     *,
     queued_by_kueue: bool = False,
@@ -109,25 +110,29 @@ def observe(
 ) -> tuple[dict[str, TaskState], dict[str, list[str]], list[ChildFailure]]:
     """Task states, each task's live children (Kind/name), and failures, from the children and the status.
 
+    `children` maps a kind to the objects listed for it (kind -> items).
+
     A task with no child keeps a Succeeded or Failed state the status recorded (finished work is never
     redone, even when someone deleted its Job); otherwise it is Pending.
     """
     tasks = list(tasks)
-    by_task: dict[str, list[Mapping[str, Any]]] = {}
-    for obj in children:
-        name = task_of(obj)
-        terminating = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
-        if terminating and obj.get("kind") in child_states and obj.get("kind") != "Deployment":
-            continue  # a batch child being removed for a retry: the task is as good as cleared
-        if name is not None:
-            by_task.setdefault(name, []).append(obj)
+    by_task: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for kind, objs in children.items():
+        for obj in objs:
+            name = task_of(obj)
+            terminating = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+            if terminating and kind in child_states and kind != "Deployment":
+                continue  # a batch child being removed for a retry: the task is as good as cleared
+            if name is not None:
+                by_task.setdefault(name, []).append((kind, obj))
     states: dict[str, TaskState] = {}
     refs: dict[str, list[str]] = {}
     failures: list[ChildFailure] = []
     for task in tasks:
         objs = by_task.get(task.name, [])
-        refs[task.name] = sorted(child_ref(o) for o in objs)
-        main = next((o for o in objs if o.get("kind") in child_states), None)  # the one with a state
+        refs[task.name] = sorted(child_ref(kind, o) for kind, o in objs)
+        # the child whose state is the task's (a Deployment, a Job, a training job)
+        main_kind, main = next(((kind, o) for kind, o in objs if kind in child_states), ("", None))
         recorded = persisted.get(task.name)
         if main is None:
             keep = task.kind != TaskKind.SERVER and recorded in (TaskState.SUCCEEDED, TaskState.FAILED)
@@ -138,8 +143,8 @@ def observe(
             # A job we suspended ourselves (recorded Suspended) is paused even under Kueue, so that
             # resuming the run resumes it; any other suspended job is one Kueue has not admitted yet.
             queued = queued_by_kueue and recorded != TaskState.SUSPENDED
-            state = child_states[main["kind"]](main, queued)
+            state = child_states[main_kind](main, queued)
         if state == TaskState.FAILED and main is not None:
-            failures.append(failure_of(main, task.name))
+            failures.append(failure_of(main_kind, main, task.name))
         states[task.name] = state
     return states, refs, failures

@@ -13,7 +13,7 @@ from typing import Any
 
 from kubefusion_operator.api import RETRY_ANNOTATION, FusionRunSpec, as_dict
 from kubefusion_operator.discovery import OPTIONAL_KINDS, BackendChoice, Discovery, choose_backend
-from kubefusion_operator.kube import CHILD_KINDS, KubeApi
+from kubefusion_operator.kube import CHILD_KINDS, ApiError, KubeApi
 from kubefusion_operator.metrics import OperatorMetrics
 from kubefusion_operator.observe import CORE_STATES, ChildFailure, observe, task_of
 from kubefusion_operator.planner import (
@@ -30,7 +30,13 @@ from kubefusion_operator.render.names import DEFAULT_TRAINING_RUNTIME, RUN_LABEL
 from kubefusion_operator.render.serving import build_deployment
 from kubefusion_operator.render.task import build_task_children
 from kubefusion_operator.scrape import UNITS, scrape_progress
-from kubefusion_operator.status import Observation, build_status, invalid_spec_status, previous_status
+from kubefusion_operator.status import (
+    Observation,
+    build_status,
+    invalid_spec_status,
+    previous_status,
+    reconcile_failed_status,
+)
 from kubefusion_operator.training_backends import BACKENDS, BY_KIND, TRAINING_STATES
 from kubefusion_operator.validation import InvalidFusionRun, validate_document
 
@@ -65,6 +71,31 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
+class ChildRefused(Exception):
+    """The API server refused to create or change a child (invalid, quota, admission, RBAC)."""
+
+    def __init__(self, verb: str, child: str, error: ApiError) -> None:
+        super().__init__(
+            f"{verb} {child} refused by the API server: {error.status} {error.reason}: {error.message}"
+        )
+        self.child = child
+        self.error = error
+
+
+def failure_report(exc: BaseException) -> tuple[str, str]:
+    """(reason, message) of a failed reconcile for the ReconcileFailed condition and its Event."""
+    if isinstance(exc, ChildRefused):
+        return "ChildRefused", str(exc)
+    if isinstance(exc, ApiError):
+        return "ApiError", f"the API server answered {exc}"
+    return "ReconcileError", f"{type(exc).__name__}: {exc}"
+
+
+def _refusal(exc: ApiError) -> bool:
+    """A 4xx that will not go away by retrying at once (not 404/409, which callers handle)."""
+    return 400 <= exc.status < 500 and exc.status not in (404, 409, 429)
+
+
 def _unit(task: Task) -> str:
     return UNITS["train" if task.kind == TaskKind.TRAIN else task.stage.split("-")[0]]
 
@@ -80,7 +111,7 @@ class Reconciler:
         self.api = api
         self.config = config
         self.metrics = metrics
-        self.discovery = discovery or Discovery(api_fetch(api))
+        self.discovery = discovery or Discovery(api.get_path)
         # namespace/name -> resourceVersion our last status patch produced (its watch event is an echo).
         self.written_versions: dict[str, str | None] = {}
 
@@ -242,15 +273,23 @@ class Reconciler:
             choice = choose_backend(spec.training.backend, await self.discovery.refresh(), recorded)
         return choice
 
-    async def _list_children(self, namespace: str, name: str, served: frozenset[str]) -> list[dict[str, Any]]:
-        """The run's children with a state; list items carry no kind on a real API server: add it."""
-        children: list[dict[str, Any]] = []
-        for kind in (*OBSERVED_KINDS, *(k.kind for k in OPTIONAL_KINDS if k.kind in served)):
-            children += [{**o, "kind": kind} for o in await self.api.list(kind, namespace, {RUN_LABEL: name})]
-        return children
+    async def _list_children(
+        self, namespace: str, name: str, served: frozenset[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The run's children with a state, by kind (list items carry no kind on a real API server);
+        optional kinds only where served."""
+        kinds = (*OBSERVED_KINDS, *(k.kind for k in OPTIONAL_KINDS if k.kind in served))
+        return {kind: await self.api.list(kind, namespace, {RUN_LABEL: name}) for kind in kinds}
 
     async def _create(self, obj: dict[str, Any]) -> bool:
-        created = await self.api.create(obj)
+        try:
+            created = await self.api.create(obj)
+        except ApiError as exc:
+            if (
+                _refusal(exc) or exc.status == 404
+            ):  # 404: the kind is not served (CRD missing) or no namespace
+                raise ChildRefused("create", f"{obj['kind']}/{obj['metadata']['name']}", exc) from exc
+            raise
         if created:
             self.metrics.children_created.labels(obj["kind"]).inc()
         return created
@@ -263,7 +302,7 @@ class Reconciler:
     async def _set_suspended(self, ctx: RenderContext, task: Task, suspended: bool) -> None:
         if task.kind == TaskKind.SERVER:
             deploy = build_deployment(ctx, task, suspended=suspended)
-            await self.api.patch(
+            await self._patch_child(
                 "Deployment",
                 ctx.namespace,
                 deploy["metadata"]["name"],
@@ -272,14 +311,46 @@ class Reconciler:
         elif task.kind == TaskKind.TRAIN:
             backend = BACKENDS[ctx.training_backend]
             (job,) = build_task_children(ctx, task)
-            await self.api.patch(
+            await self._patch_child(
                 backend.api.kind, ctx.namespace, job["metadata"]["name"], backend.suspend_patch(suspended)
             )
         else:
             for obj in build_task_children(ctx, task):
-                await self.api.patch(
+                await self._patch_child(
                     "Job", ctx.namespace, obj["metadata"]["name"], {"spec": {"suspend": suspended}}
                 )
+
+    async def _patch_child(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        try:
+            await self.api.patch(kind, namespace, name, patch)
+        except ApiError as exc:
+            if _refusal(exc):
+                raise ChildRefused("patch", f"{kind}/{name}", exc) from exc
+            raise
+
+    async def report_failure(self, body: dict[str, Any], reason: str, message: str) -> bool:
+        """Write a ReconcileFailed condition on the run; whether the status changed."""
+        meta = body["metadata"]
+        previous = previous_status(body.get("status"))
+        generation = int(meta.get("generation") or 1)
+        new = reconcile_failed_status(previous, reason, message, generation, _now())
+        return await self._patch_status(meta, as_dict(previous), as_dict(new))
+
+    async def _patch_status(self, meta: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> bool:
+        if old == new:
+            return False
+        written = await self.api.patch(
+            "FusionRun",
+            meta["namespace"],
+            meta["name"],
+            {"status": merge_patch(old, new)},
+            subresource="status",
+        )
+        if written:
+            self.written_versions[f"{meta['namespace']}/{meta['name']}"] = written["metadata"].get(
+                "resourceVersion"
+            )
+        return True
 
     async def _write_status(
         self, body: dict[str, Any], previous: Any, spec: FusionRunSpec | None, obs: Observation, emit: Emit
@@ -292,15 +363,7 @@ class Reconciler:
             root = RenderContext(meta["name"], meta["namespace"], meta.get("uid", ""), spec).storage_root
             new = build_status(spec, meta["name"], root, previous, obs, now)
         self._record_transitions(previous, new, emit, now)
-        old_dict, new_dict = as_dict(previous), as_dict(new)
-        if old_dict != new_dict:
-            patch = {"status": merge_patch(old_dict, new_dict)}
-            written = await self.api.patch(
-                "FusionRun", meta["namespace"], meta["name"], patch, subresource="status"
-            )
-            if written:
-                key = f"{meta['namespace']}/{meta['name']}"
-                self.written_versions[key] = written["metadata"].get("resourceVersion")
+        await self._patch_status(meta, as_dict(previous), as_dict(new))
         return new
 
     def _record_transitions(self, previous: Any, new: Any, emit: Emit, now: datetime.datetime) -> None:
@@ -355,31 +418,14 @@ class Reconciler:
         return deleted
 
 
-def training_progress(children: list[dict[str, Any]]) -> dict[str, Any]:
+def training_progress(children: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Progress a training child reports in its own status (TrainJob trainerStatus), by task."""
     out = {}
-    for obj in children:
-        backend, task = BY_KIND.get(obj.get("kind", "")), task_of(obj)
-        progress = backend.progress(obj) if backend and task else None
-        if progress is not None:
-            out[task] = progress
+    for kind, objs in children.items():
+        backend = BY_KIND.get(kind)
+        for obj in objs if backend else []:
+            task = task_of(obj)
+            progress = backend.progress(obj) if task else None
+            if progress is not None:
+                out[task] = progress
     return out
-
-
-def api_fetch(api: KubeApi) -> Any:
-    """GET a discovery path, None when it is not served (a stand-in until KubeApi.get_path lands)."""
-    get_path = getattr(api, "get_path", None)
-    if get_path is not None:
-        return get_path
-
-    async def fetch(path: str) -> dict[str, Any] | None:
-        from kubefusion_operator.kube import ApiError
-
-        try:
-            return await api._call("GET", path)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    return fetch

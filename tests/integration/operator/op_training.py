@@ -60,7 +60,9 @@ def trainer_cluster(emulator: RecordingEmulator, *, trainjob: bool, pytorchjob: 
     for backend, wanted in (("trainjob", trainjob), ("pytorchjob", pytorchjob)):
         (install if wanted else withhold)(emulator, backend)
     if crd_schemas.check not in emulator.admission_checks:
-        emulator.admission_checks.append(crd_schemas.check)
+        # First: kube-apiserver checks a custom resource's schema before validating admission (webhooks,
+        # the names check) sees it.
+        emulator.admission_checks.insert(0, crd_schemas.check)
 
 
 async def advance_until(

@@ -125,3 +125,21 @@ async def test_the_emulator_refuses_a_training_object_its_crd_schema_refuses(emu
     assert body["kind"] == "Status" and body["reason"] == "Invalid"
     assert "replicas" in body["message"] or "numNodes" in body["message"], body["message"]
     assert emulator.find(f"{group}/{plural}", "ns1", "bad") is None
+
+
+@pytest.mark.parametrize(("length", "status"), [(54, 422), (53, 201)])
+async def test_the_emulator_refuses_a_trainjob_whose_pod_hostnames_are_too_long(
+    emulator, length, status
+) -> None:
+    """A JobSet names its pods <trainjob>-node-0-<index>: 53 characters + "-node-0-99" is the most that fits."""
+    trainer_cluster(emulator, trainjob=True, pytorchjob=False)
+    job = {
+        "apiVersion": "trainer.kubeflow.org/v1alpha1",
+        "kind": "TrainJob",
+        "metadata": {"name": "t" * length},
+        "spec": {"runtimeRef": {"name": "kubefusion-torch"}, "trainer": {"numNodes": 100}},
+    }
+    resp = await emulator.post("/apis/trainer.kubeflow.org/v1alpha1/namespaces/ns1/trainjobs", json=job)
+    assert resp.status == status, await resp.text()
+    if status == 422:
+        assert "spec.trainer.numNodes: Invalid value" in (await resp.json())["message"]

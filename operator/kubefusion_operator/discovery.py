@@ -110,6 +110,14 @@ class Discovery:
             self._checked = now
         return self.served
 
+    async def backend_for(self, requested: str, recorded: str | None) -> BackendChoice:
+        """choose_backend on what is served; with none, discovery is asked again (rate-limited), so a
+        CRD installed since counts without an operator restart."""
+        choice = choose_backend(requested, await self.current(), recorded)
+        if choice.backend is None:
+            choice = choose_backend(requested, await self.refresh(), recorded)
+        return choice
+
     async def current(self) -> frozenset[str]:
         """The last probe's answer (probing first if there was none)."""
         if self._checked is None:

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubefusion_operator.api import RETRY_ANNOTATION, FusionRunSpec, as_dict
-from kubefusion_operator.discovery import OPTIONAL_KINDS, BackendChoice, Discovery, choose_backend
+from kubefusion_operator.discovery import OPTIONAL_KINDS, BackendChoice, Discovery
 from kubefusion_operator.kube import CHILD_KINDS, ApiError, KubeApi
 from kubefusion_operator.metrics import OperatorMetrics
-from kubefusion_operator.observe import CORE_STATES, ChildFailure, observe, task_of
+from kubefusion_operator.observe import CORE_STATES, ChildFailure, observe
 from kubefusion_operator.planner import (
     Action,
     ActionType,
@@ -37,7 +37,7 @@ from kubefusion_operator.status import (
     previous_status,
     reconcile_failed_status,
 )
-from kubefusion_operator.training_backends import BACKENDS, BY_KIND, TRAINING_STATES
+from kubefusion_operator.training_backends import BACKENDS, TRAINING_STATES, training_progress
 from kubefusion_operator.validation import InvalidFusionRun, validate_document
 
 OBSERVED_KINDS = ("Deployment", "Job")  # besides the served training kinds: the objects with a state
@@ -141,8 +141,12 @@ class Reconciler:
             return as_dict(new_status)
         spec = run.spec
         tasks = plan_tasks(spec)
-        served = await self.discovery.current()
-        choice = await self._training_backend(spec, tasks, previous, served)
+        started = any(  # once a training stage has started, the run keeps its backend
+            previous.tasks.get(t.name, "Pending") != "Pending" for t in tasks if t.kind == TaskKind.TRAIN
+        )
+        choice = await self.discovery.backend_for(
+            spec.training.backend, previous.training_backend if started else None
+        )
         ctx = RenderContext(
             name,
             namespace,
@@ -258,20 +262,6 @@ class Reconciler:
         if phase != "Failed" and all(states[t.name] == TaskState.SUCCEEDED for t in work):
             phase = "Succeeded"  # a finished run stays finished, suspended or not
         return phase, failure, waiting
-
-    async def _training_backend(
-        self, spec: FusionRunSpec, tasks: list[Task], previous: Any, served: frozenset[str]
-    ) -> BackendChoice:
-        """The run's backend: kept once training started, else chosen now from what is served.
-        With none served, discovery is asked again (rate-limited): a CRD installed since counts."""
-        started = any(
-            previous.tasks.get(t.name, "Pending") != "Pending" for t in tasks if t.kind == TaskKind.TRAIN
-        )
-        recorded = previous.training_backend if started else None
-        choice = choose_backend(spec.training.backend, served, recorded)
-        if choice.backend is None:
-            choice = choose_backend(spec.training.backend, await self.discovery.refresh(), recorded)
-        return choice
 
     async def _list_children(
         self, namespace: str, name: str, served: frozenset[str]
@@ -416,16 +406,3 @@ class Reconciler:
             for obj in await self.api.list(kind, namespace, {RUN_LABEL: name}):
                 deleted += await self.api.delete(kind, namespace, obj["metadata"]["name"])
         return deleted
-
-
-def training_progress(children: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Progress a training child reports in its own status (TrainJob trainerStatus), by task."""
-    out = {}
-    for kind, objs in children.items():
-        backend = BY_KIND.get(kind)
-        for obj in objs if backend else []:
-            task = task_of(obj)
-            progress = backend.progress(obj) if task else None
-            if progress is not None:
-                out[task] = progress
-    return out

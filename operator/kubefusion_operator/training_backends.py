@@ -13,7 +13,7 @@ from typing import Any
 
 from kubefusion_operator.api import StageProgress
 from kubefusion_operator.discovery import PYTORCHJOB, TRAINJOB, OptionalKind
-from kubefusion_operator.observe import condition_true, pytorchjob_state
+from kubefusion_operator.observe import condition_true, pytorchjob_state, task_of
 from kubefusion_operator.planner import TaskState
 
 StateFn = Callable[[Mapping[str, Any], bool], TaskState]  # (child, queued_by_kueue) -> state
@@ -64,3 +64,18 @@ BACKENDS: dict[str, TrainingBackend] = {
 }
 BY_KIND = {b.api.kind: b for b in BACKENDS.values()}
 TRAINING_STATES: dict[str, StateFn] = {kind: b.state for kind, b in BY_KIND.items()}
+
+
+def training_progress(children: dict[str, list[dict[str, Any]]]) -> dict[str, StageProgress]:
+    """Progress a training child reports in its own status (TrainJob trainerStatus), by task."""
+    out: dict[str, StageProgress] = {}
+    for kind, objs in children.items():
+        backend = BY_KIND.get(kind)
+        if backend is None:
+            continue
+        for obj in objs:
+            task = task_of(obj)
+            progress = backend.progress(obj) if task else None
+            if task and progress is not None:
+                out[task] = progress
+    return out

@@ -88,3 +88,23 @@ def test_discovery_asks_again_at_most_every_interval() -> None:
 
     assert asyncio.run(scenario()) == [frozenset(), frozenset(), {"TrainJob"}, {"TrainJob"}]
     assert len(calls) == 4  # two probes of two group/versions
+
+
+def test_backend_for_asks_again_only_when_nothing_fits() -> None:
+    served: dict[str, dict] = {KUBEFLOW: RESOURCES[KUBEFLOW]}
+    fetch, calls = fetcher(served)
+    now = [0.0]
+    discovery = Discovery(fetch, min_interval=5.0, clock=lambda: now[0])
+
+    async def scenario() -> list:
+        first = await discovery.backend_for("auto", None)  # probes once: PyTorchJob
+        probes = len(calls)
+        served[TRAINER] = RESOURCES[TRAINER]
+        again = await discovery.backend_for("auto", None)  # a backend fits: no new probe
+        assert len(calls) == probes
+        waiting = await discovery.backend_for("trainjob", None)  # none fits, too soon to ask again
+        now[0] = 5.0
+        found = await discovery.backend_for("trainjob", None)  # asks again: Trainer v2 is there now
+        return [first.backend, again.backend, waiting.backend, found.backend]
+
+    assert asyncio.run(scenario()) == ["pytorchjob", "pytorchjob", None, "trainjob"]

@@ -90,20 +90,23 @@ async def test_auto_backend_runs_to_the_end_across_restarts(emulator, tmp_path, 
     ] == [f"{'TrainJob' if expected == 'trainjob' else 'PyTorchJob'}/{name}-sft"]
 
 
+@pytest.mark.parametrize("recipe", RUNS)
 async def test_without_a_training_operator_the_run_waits_then_finishes_once_one_is_installed(
-    emulator, tmp_path
+    emulator, tmp_path, recipe
 ) -> None:
     trainer_cluster(emulator, trainjob=False, pytorchjob=False)
+    doc = example(RUNS[recipe])
+    name = doc["metadata"]["name"]
 
     def waiting() -> bool:
-        conds = {c["type"]: c for c in run_status(emulator, "ns1", "quickstart").get("conditions", [])}
+        conds = {c["type"]: c for c in run_status(emulator, "ns1", name).get("conditions", [])}
         return conds.get("Progressing", {}).get("reason") == "TrainingBackendMissing"
 
     async with operator_running(emulator, tmp_path):
-        await create_run(emulator, example("quickstart"))
+        await create_run(emulator, doc)
         await wait_for(lambda: children(emulator, "batch/v1/jobs"), what="prepare")
-        await advance_until(emulator, waiting, "prepare to build, then the wait")
-    status = run_status(emulator, "ns1", "quickstart")
+        await advance_until(emulator, waiting, "prepare to build, then the wait", run=name)
+    status = run_status(emulator, "ns1", name)
     stages = {s["name"]: s["state"] for s in status["stages"]}
     assert [stages[s] for s in ("prepare", "sample", "score", "build")] == ["Succeeded"] * 4
     assert stages["sft"] == "Pending" and status.get("trainingBackend") is None
@@ -112,19 +115,22 @@ async def test_without_a_training_operator_the_run_waits_then_finishes_once_one_
     assert "trainjobs.trainer.kubeflow.org" in progressing["message"]
     assert "pytorchjobs.kubeflow.org" in progressing["message"]
     assert "docs/install.md" in progressing["message"]
-    assert condition(emulator, "ns1", "quickstart", "Failed") == "False"
+    assert condition(emulator, "ns1", name, "Failed") == "False"
 
     # A restart while waiting changes nothing; installing Trainer v2 lets the same operator go on.
-    before = added_children(emulator)
+    before, seen = added_children(emulator), len(emulator.api_requests)
     async with operator_running(emulator, tmp_path):
-        await wait_for(lambda: len(emulator.api_requests) > 0)
+        await wait_for(
+            lambda: any(r.verb == "list" and r.resource == "jobs" for r in emulator.api_requests[seen:]),
+            what="a reconcile by the new operator",
+        )
         await wait_for(waiting, what="still waiting after a restart")
         assert added_children(emulator) == before
         install(emulator, "trainjob")
         await wait_for(lambda: children(emulator, TRAINJOBS), timeout=20, what="the sft TrainJob")
-        await drive_to_end(emulator, "quickstart")
-    status = run_status(emulator, "ns1", "quickstart")
-    assert condition(emulator, "ns1", "quickstart", "Succeeded") == "True", status
+        await drive_to_end(emulator, name)
+    status = run_status(emulator, "ns1", name)
+    assert condition(emulator, "ns1", name, "Succeeded") == "True", status
     assert status["trainingBackend"] == "trainjob"
     assert not waiting()
 

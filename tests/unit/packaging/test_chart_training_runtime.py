@@ -74,6 +74,7 @@ def test_torch_policy_shm_restricted_and_whole_gang_restart() -> None:
     assert node["template"]["spec"]["backoffLimit"] == 0  # a failed node fails its Job: JobSet restarts all
     assert node["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
     pod = node_template(shipped)["spec"]
+    assert pod["restartPolicy"] == "Never"
     assert pod["volumes"] == [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}]
     (container,) = pod["containers"]
     assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]

@@ -10,8 +10,10 @@ The stand-ins follow the real controllers where the tests rely on it:
 - training operator v1 (PyTorchJob): a failed pod under restartPolicy OnFailure/ExitCode is restarted
   in place (the job keeps running, its peers wait); under Never the PyTorchJob is Failed, and
   cleanPodPolicy Running (or All) deletes its remaining running pods, None keeps them;
-- Trainer v2 (TrainJob over JobSet): a failed node fails the JobSet once its failure policy's restarts
-  are spent; a failed JobSet deletes its Jobs' pods. The TrainJob turns Failed.
+- Trainer v2 (TrainJob over JobSet): a failed node makes the JobSet recreate every node (the whole
+  gang) while its runtime's failurePolicy.maxRestarts allows (the runtime object must be stored in the
+  emulator, e.g. the chart's); after that the JobSet fails, deletes its Jobs' pods and the TrainJob
+  turns Failed.
 """
 
 from __future__ import annotations
@@ -95,6 +97,16 @@ class TrainingOperators:
     def __init__(self, emulator: RecordingEmulator, namespace: str = "ns1") -> None:
         self.emu = emulator
         self.ns = namespace
+        self.restarts: dict[str, int] = {}  # TrainJob -> whole-gang restarts so far
+
+    def max_restarts(self, trainjob: dict[str, Any]) -> int:
+        """The JobSet failure policy of the TrainJob's runtime (stored in the emulator), 0 without one."""
+        ref = trainjob["spec"]["runtimeRef"]
+        runtime = self.emu.find(RUNTIMES, None, ref["name"]) if ref.get("kind") != "TrainingRuntime" else None
+        policy = ((runtime or {}).get("spec", {}).get("template", {}).get("spec", {})).get(
+            "failurePolicy"
+        ) or {}
+        return int(policy.get("maxRestarts", 0))
 
     def job(self, kind: str, name: str) -> dict[str, Any]:
         job = self.emu.find(KIND_KEYS[kind], self.ns, name)
@@ -181,8 +193,16 @@ class TrainingOperators:
             ]
             await self.emu.write(PYTORCHJOBS, self.ns, name, {"status": {"conditions": conditions}})
             return
-        # TrainJob: JobSet's failure policy is spent here (the runtime's restarts are the JobSet's own);
-        # a failed JobSet removes its Jobs and their pods.
+        # TrainJob: its JobSet recreates every node's Job (the whole gang) while the runtime's
+        # failurePolicy.maxRestarts allows; then the JobSet fails and removes its Jobs and their pods.
+        restarts = self.restarts.get(name, 0)
+        if restarts < self.max_restarts(job):
+            self.restarts[name] = restarts + 1
+            await self._delete_running_pods(name)
+            for pod in self.pods(name):  # the failed one too: Recreate deletes every Job
+                await self.emu.delete(f"/api/v1/namespaces/{self.ns}/pods/{pod['metadata']['name']}")
+            await self.start_pods(kind, name)
+            return
         await self._delete_running_pods(name)
         condition = {
             "type": "Failed",

@@ -4,6 +4,9 @@ retry starts it again. Also: the emulator refuses training objects its real CRD 
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 from op_cluster import (
     DEPLOYMENTS,
@@ -24,6 +27,7 @@ from op_training import TrainingOperators, advance_until, crd_schemas, trainer_c
 from kubefusion_operator.api import RETRY_ANNOTATION
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[3]
 RUN_URL = "/apis/kubefusion.dev/v1alpha1/namespaces/ns1/fusionruns/quickstart"
 MERGE = {"Content-Type": "application/merge-patch+json"}
 KINDS = {"pytorchjob": ("PyTorchJob", PYTORCHJOBS), "trainjob": ("TrainJob", TRAINJOBS)}
@@ -45,6 +49,49 @@ async def advance_until_training(emulator, key: str) -> str:
 
 def stage(emulator, name: str) -> dict:
     return next(s for s in run_status(emulator, "ns1", "quickstart")["stages"] if s["name"] == name)
+
+
+def shipped_runtime(max_restarts: int) -> dict:
+    """The ClusterTrainingRuntime the Helm chart renders (real Helm), as `helm install` would apply it."""
+    sys.path.insert(0, str(REPO / "tests" / "unit" / "packaging"))
+    from packaging_chart import only, render
+
+    return only(
+        render({"trainingRuntime": {"create": True, "maxRestarts": max_restarts}}), "ClusterTrainingRuntime"
+    )
+
+
+async def test_a_trainjob_on_the_shipped_runtime_restarts_its_whole_gang_then_fails(
+    emulator, tmp_path
+) -> None:
+    trainer_cluster(emulator, trainjob=True, pytorchjob=False)
+    runtime = shipped_runtime(max_restarts=1)
+    resp = await emulator.post("/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes", json=runtime)
+    assert resp.status == 201, await resp.text()  # the chart's runtime passes the CRD schema check
+    ops = TrainingOperators(emulator)
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, two_node_run())
+        sft = await advance_until_training(emulator, TRAINJOBS)
+        uid = ops.job("TrainJob", sft)["metadata"]["uid"]
+        await ops.start_pods("TrainJob", sft)
+        before = {p["metadata"]["uid"] for p in ops.pods(sft)}
+
+        await ops.fail_rank("TrainJob", sft, rank=1)  # JobSet recreates both nodes
+        after = {p["metadata"]["uid"] for p in ops.pods(sft)}
+        assert len(after) == 2 and not before & after and ops.gpus_held(sft) == 8
+        seen = len(emulator.api_requests)
+        await wait_for(
+            lambda: any(r.resource == "trainjobs" and r.verb == "list" for r in emulator.api_requests[seen:]),
+            what="a reconcile after the restart",
+        )
+        assert stage(emulator, "sft")["state"] == "Running"  # a restarting gang is not a failed stage
+        assert condition(emulator, "ns1", "quickstart", "Failed") == "False"
+        assert ops.job("TrainJob", sft)["metadata"]["uid"] == uid  # the operator left its TrainJob alone
+
+        await ops.fail_rank("TrainJob", sft, rank=0)  # maxRestarts spent: the TrainJob fails
+        await wait_for(lambda: condition(emulator, "ns1", "quickstart", "Failed") == "True", what="Failed")
+        assert stage(emulator, "sft")["message"].startswith(f"TrainJob/{sft} failed: JobSetFailed")
+        assert ops.gpus_held(sft) == 0
 
 
 @pytest.mark.parametrize("backend", KINDS)

@@ -66,9 +66,10 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("apps", "v1", "deployments"),
     "Job": Kind("batch", "v1", "jobs"),
     "PyTorchJob": Kind("kubeflow.org", "v1", "pytorchjobs"),
+    "TrainJob": Kind("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
     "FusionRun": Kind(GROUP, VERSION, PLURAL),
 }
-CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "Job", "PyTorchJob")
+CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "Job", "PyTorchJob", "TrainJob")
 
 
 class ApiError(Exception):

@@ -22,7 +22,7 @@ def _hours(value: float | None) -> str:
 
 
 def format_plan(spec: FusionRunSpec, stages: list, plan: Plan) -> str:
-    lines = [f"recipe: {spec.recipe.value}", "", "stages:"]
+    lines = [f"recipe: {spec.recipe.value}", f"training backend: {spec.training.backend}", "", "stages:"]
     for i, stage in enumerate(stages, 1):
         gpu = "GPU" if stage.uses_gpu else "CPU"
         lines.append(f"  {i:2d}. {stage.name:<14} [{gpu}] {stage.description}")

@@ -35,7 +35,7 @@ for a state it already caused, once the executor reports the new state):
   spec.serving.maxConcurrentSources at once (spec order); it is STOPPED (deleted) as soon as its
   sampling task Succeeded; a server whose sampling is done is never started again;
 - GPU tasks of different stages never overlap unless spec.serving.allowGpuOverlap;
-- a FAILED task fails the run (FAIL, and every live server is stopped); retry=<stage> turns the
+- a FAILED task fails the run (FAIL, and every live server or GPU task is stopped); retry=<stage> turns the
   stage's failed tasks into RETRY actions (the executor clears the task, then it starts again);
 - suspended=True: SUSPEND every RUNNING/READY task, start nothing; False: RESUME SUSPENDED tasks;
 - COMPLETE once every non-server task has Succeeded and no server is live.
@@ -71,7 +71,7 @@ LIVE_STATES = frozenset({TaskState.RUNNING, TaskState.READY})
 
 class ActionType(StrEnum):
     START = "start"  # create the task's process / children
-    STOP = "stop"  # delete a server (its work is done, or the run failed)
+    STOP = "stop"  # delete a task's children (a server whose work is done; GPU work of a failed run)
     SUSPEND = "suspend"  # pause a live task (scale to zero, suspend the Job)
     RESUME = "resume"  # undo SUSPEND
     RETRY = "retry"  # clear a failed task so that it starts again
@@ -307,7 +307,11 @@ def next_actions(
             ]
         first = failed[0]
         actions = [Action(ActionType.FAIL, first.name, "StageFailed", f"task {first.name} failed")]
-        actions += [Action(ActionType.STOP, s.name, "RunFailed", "the run failed") for s in live_servers]
+        # Nothing keeps a GPU once the run has failed: live servers and GPU work of other stages stop.
+        holding = [
+            t for t in tasks if state[t.name] in LIVE_STATES and (t.kind == TaskKind.SERVER or t.uses_gpu)
+        ]
+        actions += [Action(ActionType.STOP, t.name, "RunFailed", "the run failed") for t in holding]
         return actions
 
     if suspended:

@@ -16,6 +16,8 @@ allow every request the operator made and grant nothing it never requested (no w
   verbs: ["patch"]
 # Children whose state is a stage's state: watched (kopf) and listed by run label; created, suspended
 # and resumed (patch), deleted on retry, when a server is no longer needed and when the run is deleted.
+# Training runs as a PyTorchJob (training operator v1) or a TrainJob (Trainer v2), whichever the
+# cluster serves (the operator finds out through API discovery, which RBAC allows every user).
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["list", "watch", "create", "patch", "delete"]
@@ -24,6 +26,9 @@ allow every request the operator made and grant nothing it never requested (no w
   verbs: ["list", "watch", "create", "patch", "delete"]
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
+  verbs: ["list", "watch", "create", "patch", "delete"]
+- apiGroups: ["trainer.kubeflow.org"]
+  resources: ["trainjobs"]
   verbs: ["list", "watch", "create", "patch", "delete"]
 # The run's config (ConfigMap) and the vLLM Services: created, listed and deleted with the run.
 - apiGroups: [""]

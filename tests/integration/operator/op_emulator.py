@@ -35,11 +35,17 @@ kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and
   test_watchbookmarks_and_timeout;
 - admission: checks in `admission_checks` see every create/patch/update before it is stored and
   refuse it with `refuse(code, reason, message)`; `emulator_server()` turns on emulator_admission.names
-  (DNS names per kind, Indexed Job hostnames, PyTorchJob Services) -> test_op_emulator_names.py;
+  (DNS names per kind, Indexed Job hostnames, PyTorchJob Services, TrainJob pod hostnames)
+  -> test_op_emulator_names.py, test_op_training_failures.py;
+- other projects' CRDs (TrainJob, ClusterTrainingRuntime, TrainingRuntime, PyTorchJob) are served only
+  where a test installs them (op_training.trainer_cluster/install/withhold), and their writes are
+  checked against the real CRD schemas from the shared folder (OpenAPI schema, CEL rules, undeclared
+  fields) before other admission: emulator_admission.crd_schemas, 422 Invalid with a Status
+  -> test_the_emulator_refuses_a_training_object_its_crd_schema_refuses (test_op_training_failures.py);
 - DELETE honours finalizers (deletionTimestamp, then gone when they are removed);
 - /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents (kubectl).
-Not emulated: garbage collection by ownerReference, schema validation (a CRD-schema admission module
-is separate), watch events for objects that stop matching a selector, RBAC
+Not emulated: garbage collection by ownerReference, schema validation of kinds without a shared CRD
+schema, watch events for objects that stop matching a selector, RBAC
 (another admission module), server-side apply.
 
 Recording (for RBAC derivation, e.g. by the Helm chart's tests)::

@@ -80,7 +80,9 @@ def test_hostile_answer_fails_and_harms_nothing(sandbox: CodeSandbox, canaries: 
 
 
 @pytest.mark.parametrize("name", ATTACKS)
-def test_breakout_attempt_fails_and_harms_nothing(sandbox: CodeSandbox, canaries: Canaries, name: str) -> None:
+def test_breakout_attempt_fails_and_harms_nothing(
+    sandbox: CodeSandbox, canaries: Canaries, name: str
+) -> None:
     verdict = sandbox.run(attack(name, canaries, os.getpid()), plan_tests(ADD_TESTS))
     assert not verdict.passed, verdict.reason
     assert canaries.problems() == []
@@ -118,7 +120,9 @@ def test_process_cap_counts_only_the_answers_own_processes(canaries: Canaries) -
         assert box.run(two + "def add(a, b):\n    return a + b\n", plan_tests(ADD_TESTS)).passed
         bomb = box.run(HOSTILE["fork bomb"], plan_tests(ADD_TESTS))
         assert (bomb.passed, bomb.category) == (False, verdicts.PROCESS_LIMIT)
-        linger = box.run(attack("escape the process group and linger", canaries, os.getpid()), plan_tests(ADD_TESTS))
+        linger = box.run(
+            attack("escape the process group and linger", canaries, os.getpid()), plan_tests(ADD_TESTS)
+        )
         assert not linger.passed
         assert leftovers(box) == []
         assert canaries.problems() == []
@@ -140,7 +144,7 @@ def _unprivileged_user() -> tuple[list[str], int | None]:
         )
         entry = pwd.getpwnam(TEST_USER)
     drop = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
-    return drop + ["--inh-caps=-all", "--bounding-set=-all"], entry.pw_uid
+    return [*drop, "--inh-caps=-all", "--bounding-set=-all"], entry.pw_uid
 
 
 @pytest.mark.slow
@@ -204,7 +208,8 @@ def test_two_root_scorers_at_once_get_their_own_uids(tmp_path: Path) -> None:
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "trainer"), str(HERE)])}
     procs = [
-        subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)
+        subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+        for _ in range(2)
     ]
     reports = [json.loads(p.communicate(timeout=600)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from kubefusion_trainer.scoring import verdicts
 from kubefusion_trainer.scoring.code_extract import (
     TestFormatError,
     extract_code,
@@ -13,7 +14,6 @@ from kubefusion_trainer.scoring.code_extract import (
     plan_tests,
     static_check,
 )
-from kubefusion_trainer.scoring import verdicts
 from kubefusion_trainer.scoring.code_sandbox import Observation, judge, observe
 from kubefusion_trainer.scoring.sandbox_seccomp import ARCHES, RET_ALLOW, build_filter
 
@@ -157,4 +157,6 @@ def test_seccomp_filter_is_well_formed(arch: str) -> None:
     numbers = {k for code, _jt, _jf, k in prog if code == 0x15}
     assert ARCHES[arch]["kill"] in numbers and ARCHES[arch]["deny"]["ptrace"] in numbers
     assert 1234 in numbers  # the only pid it may signal
-    assert ARCHES[arch]["clone3"] not in {k for c, _a, _b, k in build_filter(arch, 1, no_fork=False) if c == 0x15}
+    assert ARCHES[arch]["clone3"] not in {
+        k for c, _a, _b, k in build_filter(arch, 1, no_fork=False) if c == 0x15
+    }

@@ -18,6 +18,7 @@ The launcher's exit status tells the driver how it ended: the harness's own stat
 PROCESS_LIMIT_STATUS, or 128 + the signal that killed the harness.
 """
 
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -149,10 +150,8 @@ def _launch(job, result_fd):
         finally:
             os._exit(status)
     os.close(result_fd)
-    try:
+    with contextlib.suppress(OSError):
         os.setpgid(harness, harness)  # also from this side, so there is no window before it runs
-    except OSError:
-        pass
     deadline = time.monotonic() + float(job["timeout_seconds"])
     cap = int(job["max_processes"])
     status, outcome = None, None
@@ -173,10 +172,8 @@ def _launch(job, result_fd):
             outcome = PROCESS_LIMIT_STATUS
             break
         time.sleep(0.002)
-    try:
+    with contextlib.suppress(OSError):
         os.killpg(harness, signal.SIGKILL)  # the kernel kills the whole group in one pass: no fork race
-    except OSError:
-        pass
     kill_descendants(os.getpid())  # anything that left the group (possible only without seccomp)
     if outcome is not None:
         return outcome
@@ -212,10 +209,8 @@ def kill_descendants(root):
         if not alive:
             break
         for pid in alive:
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
         try:
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
@@ -300,6 +295,7 @@ def _run_io(job, code, emit, result_fd):
         data = os.read(fd_out, int(job["output_bytes"]))
         os.close(fd_out)
         emit({"i": i, "stdout": data.decode("utf-8", "replace")})
+
 
 if __name__ == "__main__":
     main()

@@ -35,7 +35,9 @@ _libc.syscall.restype = ctypes.c_long
 
 def abi():
     """The kernel's Landlock ABI version, 0 when unavailable."""
-    version = _libc.syscall(SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION))
+    version = _libc.syscall(
+        SYS_CREATE_RULESET, None, ctypes.c_size_t(0), ctypes.c_uint32(CREATE_RULESET_VERSION)
+    )
     return max(int(version), 0)
 
 
@@ -86,7 +88,9 @@ def _allow(ruleset, path, access):
         if not os.path.isdir(path):
             access &= EXECUTE | WRITE_FILE | READ_FILE | (1 << 14) | (1 << 15)  # file-only rights
         rule = struct.pack("=Qi", access, fd)
-        if _libc.syscall(SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(RULE_PATH_BENEATH), rule, ctypes.c_uint32(0)):
+        if _libc.syscall(
+            SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(RULE_PATH_BENEATH), rule, ctypes.c_uint32(0)
+        ):
             raise OSError(ctypes.get_errno(), f"landlock_add_rule {path}")
     finally:
         os.close(fd)

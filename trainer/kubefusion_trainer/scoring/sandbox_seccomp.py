@@ -132,7 +132,7 @@ def _only_self(pid, also_zero=False):
     block = [_op(_LD_W_ABS, _ARG0), _op(_JEQ, pid & 0xFFFFFFFF, 0, 1), _op(_RET, RET_ALLOW)]
     if also_zero:
         block += [_op(_JEQ, 0, 0, 1), _op(_RET, RET_ALLOW)]
-    return block + [_op(_RET, _errno(errno.EPERM))]
+    return [*block, _op(_RET, _errno(errno.EPERM))]
 
 
 def build_filter(arch, pid, no_fork):
@@ -170,7 +170,7 @@ def build_filter(arch, pid, no_fork):
             _op(_RET, _errno(errno.EAGAIN)),
         ]
         prog += _rule(table["clone"], threads_only)
-    return prog + [_op(_RET, RET_ALLOW)]
+    return [*prog, _op(_RET, RET_ALLOW)]
 
 
 def install(no_fork):

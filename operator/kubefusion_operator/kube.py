@@ -41,10 +41,11 @@ KINDS: dict[str, Kind] = {
     "Pod": Kind("", "v1", "pods"),
     "Deployment": Kind("apps", "v1", "deployments"),
     "Job": Kind("batch", "v1", "jobs"),
+    "NetworkPolicy": Kind("networking.k8s.io", "v1", "networkpolicies"),
     "PyTorchJob": Kind("kubeflow.org", "v1", "pytorchjobs"),
     "FusionRun": Kind(GROUP, VERSION, PLURAL),
 }
-CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "Job", "PyTorchJob")
+CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "Job", "PyTorchJob", "NetworkPolicy")
 
 
 class ApiError(Exception):

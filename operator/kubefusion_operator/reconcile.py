@@ -223,6 +223,8 @@ class Reconciler:
             )
         else:
             for obj in build_task_children(ctx, task):
+                if obj["kind"] != "Job":
+                    continue  # e.g. a sandbox task's NetworkPolicy: nothing to suspend
                 await self.api.patch(
                     "Job", ctx.namespace, obj["metadata"]["name"], {"spec": {"suspend": suspended}}
                 )

@@ -8,6 +8,7 @@ from kubefusion_operator.planner import Task, TaskKind
 from kubefusion_operator.render.jobs import build_job
 from kubefusion_operator.render.names import RenderContext
 from kubefusion_operator.render.pytorchjob import build_pytorchjob
+from kubefusion_operator.render.sandbox import build_sandbox_children
 from kubefusion_operator.render.serving import build_deployment, build_service
 
 
@@ -17,4 +18,6 @@ def build_task_children(ctx: RenderContext, task: Task, *, suspended: bool = Fal
         return [build_service(ctx, task), build_deployment(ctx, task, suspended=suspended)]
     if task.kind == TaskKind.TRAIN:
         return [build_pytorchjob(ctx, task, suspended=suspended)]
+    if task.sandboxed:
+        return build_sandbox_children(ctx, task, suspended=suspended)
     return [build_job(ctx, task, suspended=suspended)]

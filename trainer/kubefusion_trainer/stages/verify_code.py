@@ -53,11 +53,6 @@ def sandbox_limits(spec: FusionConfig) -> SandboxLimits:
     )
 
 
-def has_code(spec: FusionConfig, phase: Phase) -> bool:
-    """Whether a phase has code answers to verify (the planner adds verify-code tasks only then)."""
-    return any(d.domain == "code" and not (phase == "target" and d.sft_only) for d in spec.datasets)
-
-
 def collect_items(spec: FusionConfig, layout: RunLayout, phase: Phase) -> list[CodeItem]:
     """Every code answer of the phase that needs running, in a stable order."""
     from kubefusion_trainer.stages.score import load_labels, plan_units, read_sample_shard

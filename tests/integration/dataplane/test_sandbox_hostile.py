@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from sandbox_corpus import (
     attack,
 )
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, unprivileged_prefix
 from kubefusion_trainer.scoring import verdicts
 from kubefusion_trainer.scoring.code_extract import plan_tests
 from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, SandboxLimits, sandbox_python
@@ -42,7 +41,6 @@ HERE = Path(__file__).parent
 LIMITS = SandboxLimits(timeout_seconds=3.0, memory_mb=256, file_size_mb=4, tmp_size_mb=16)
 IS_ROOT = os.geteuid() == 0
 MODES = ["namespace", "process"]
-TEST_USER = "kf-sandbox-test"
 
 
 @pytest.fixture(scope="module", params=MODES)
@@ -130,27 +128,10 @@ def test_process_cap_counts_only_the_answers_own_processes(canaries: Canaries) -
         box.close()
 
 
-def _unprivileged_user() -> tuple[list[str], int | None]:
-    """The command prefix that drops to an unprivileged uid with no capabilities (and that uid)."""
-    if not IS_ROOT:
-        return [], None  # we already are one
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is needed to drop privileges")
-    try:
-        entry = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", TEST_USER], check=True
-        )
-        entry = pwd.getpwnam(TEST_USER)
-    drop = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
-    return [*drop, "--inh-caps=-all", "--bounding-set=-all"], entry.pw_uid
-
-
 @pytest.mark.slow
 def test_corpus_as_unprivileged_uid_with_a_busy_driver() -> None:
     """The acceptance run: no root, no capabilities, a driver with 64+ threads of the same uid."""
-    drop, uid = _unprivileged_user()
+    drop, uid = unprivileged_prefix()
     work = Path(tempfile.mkdtemp(prefix="kf-unpriv-"))
     try:
         work.chmod(0o755)

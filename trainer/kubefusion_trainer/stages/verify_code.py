@@ -28,10 +28,9 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubefusion_trainer.atomic import atomic_write_json
-from kubefusion_trainer.config import FusionConfig, load_run_config
 from kubefusion_trainer.layout import Phase, RunLayout
 from kubefusion_trainer.scoring.code_items import (
     INPUTS_FILE,
@@ -42,6 +41,9 @@ from kubefusion_trainer.scoring.code_items import (
     write_verdicts,
 )
 from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, Observation, SandboxLimits
+
+if TYPE_CHECKING:  # the sandbox side (--inbox) runs without pydantic: config loads only where needed
+    from kubefusion_trainer.config import FusionConfig
 
 VERDICTS_FILE = "verdicts.jsonl"
 
@@ -173,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.config is None:
             raise ValueError("--config is required (except with --inbox)")
+        from kubefusion_trainer.config import load_run_config
+
         config = load_run_config(args.config)
         layout = RunLayout(config.storage_root)
         if args.stage_in is not None:

@@ -226,7 +226,7 @@ class CodeExecutionLimits(CamelModel):
         1,
         ge=1,
         le=64,
-        description="Processes an answer may run at once, itself included. 1 (default): it may start none.",
+        description="Processes an answer may run at once, itself included (1: it may start none).",
     )
     sandbox_pods: int = Field(
         4,

@@ -4,7 +4,7 @@ Containment (containment.py; chosen once per CodeSandbox, reported in `isolation
   namespace  (root, namespaces permitted) new net/pid/mount namespaces (`unshare --net --pid --fork
              --kill-child --mount`), a private size-limited tmpfs over /tmp, /dev/shm and /var/tmp, its own
              unprivileged uid per concurrent run from a uid block this process holds (two scorers on one
-             machine never share uids), RLIMIT_NPROC on that uid.
+             machine never share uids), RLIMIT_NPROC on that uid, and the seccomp filter below.
   process    (no root or capabilities: sandbox pods, non-root local runs) a launcher per answer in its
              own session that is a child subreaper: it enforces the wall clock and the per-answer process
              cap on its own descendants only (seccomp forbids new processes when the cap is 1), and kills
@@ -125,7 +125,7 @@ class CodeSandbox:
             raise ValueError("namespace containment needs root; use 'process'")
         self.containment = containment_mode
         self.landlock = containment.landlock_abi() if containment_mode == "process" else 0
-        self.seccomp = containment_mode == "process" and containment.seccomp_supported()
+        self.seccomp = containment.seccomp_supported()
         self._block = containment.UidBlock(concurrency) if self.is_root else None
         self.uids: list[int] = self._block.uids if self._block else []
         self._slots: queue.Queue[int | None] = queue.Queue()
@@ -139,7 +139,8 @@ class CodeSandbox:
 
     def _describe(self) -> str:
         if self.containment == "namespace":
-            return "namespace: net/pid/mount namespaces, private /tmp, own uid per run"
+            seccomp = ", seccomp" if self.seccomp else ""
+            return f"namespace: net/pid/mount namespaces, private /tmp, own uid per run{seccomp}"
         parts = ["process: own session + subreaper launcher, rlimits, scratch dir, non-dumpable driver"]
         parts.append(f"landlock ABI {self.landlock}" if self.landlock else "NO landlock (files not confined)")
         parts.append("seccomp" if self.seccomp else "NO seccomp (network and signals not confined)")

@@ -31,6 +31,8 @@ import time
 MS_NOSUID, MS_NODEV = 2, 4
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
 TIMEOUT_STATUS, PROCESS_LIMIT_STATUS = 124, 125
+THREAD_ALLOWANCE = 64  # namespace mode: threads an answer may start besides its processes
+_modules = {}  # sibling modules, loaded while this process may still read them
 PLAIN_TYPES = (int, float, str, bool, type(None), bytes, complex)
 CONTAINERS = (list, tuple, dict, set, frozenset)
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -64,8 +66,9 @@ def _limit(job):
         resource.RLIMIT_CORE: (0, 0),
     }
     if job["containment"] == "namespace":
-        # Only with a uid of its own: RLIMIT_NPROC counts every process and thread of the uid.
-        limits[resource.RLIMIT_NPROC] = (int(job["max_processes"]) + 1,) * 2  # + the harness
+        # Only with a uid of its own: RLIMIT_NPROC counts every process and thread of the uid. The
+        # harness and the answer's threads fit; seccomp enforces the process cap itself when it is 1.
+        limits[resource.RLIMIT_NPROC] = (int(job["max_processes"]) + 1 + THREAD_ALLOWANCE,) * 2
     for kind, value in limits.items():
         resource.setrlimit(kind, value)
 
@@ -77,16 +80,22 @@ def _drop_privileges(uid):
         os.setuid(uid)
 
 
-def _confine(job):
-    """Process containment, applied by the process that will run answer code, just before it does."""
-    if job["containment"] != "process":
-        return
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    seccomp = _load("sandbox_seccomp") if job.get("seccomp") else None  # loaded while we may read it
+def _preload(job):
+    if job.get("seccomp"):
+        _modules["seccomp"] = _load("sandbox_seccomp")
     if job.get("landlock"):
-        _load("sandbox_landlock").restrict(os.getcwd(), int(job["landlock"]))
-    if seccomp is not None:
-        seccomp.install(no_fork=int(job["max_processes"]) <= 1)
+        _modules["landlock"] = _load("sandbox_landlock")
+
+
+def _confine(job):
+    """Applied by the process that will run answer code, just before it does: Landlock (process mode),
+    then the seccomp filter (both modes, where the architecture has its syscall table)."""
+    if job["containment"] == "process":
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if "landlock" in _modules:
+            _modules["landlock"].restrict(os.getcwd(), int(job["landlock"]))
+    if "seccomp" in _modules:
+        _modules["seccomp"].install(no_fork=int(job["max_processes"]) <= 1)
 
 
 def _plain(value, depth=0):
@@ -109,6 +118,7 @@ def main():
     job = json.loads(sys.stdin.read())
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
+    _preload(job)
     if job["containment"] == "process":
         sys.exit(_launch(job, result_fd))
     if job.get("private_tmp"):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -16,57 +16,10 @@ from kubefusion_operator.render.task import build_task_children
 from kubefusion_operator.validation import load_fusionrun
 
 REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "tests" / "unit" / "packaging"))
+from test_chart_security import restricted_violations  # noqa: E402 - the profile's checks, in one place
+
 CODE_EXAMPLE = REPO / "examples" / "fusechat3-llama31-8b.yaml"
-# The volume types the restricted profile allows (Pod Security Standards, "Volume Types").
-RESTRICTED_VOLUMES = {
-    "configMap",
-    "csi",
-    "downwardAPI",
-    "emptyDir",
-    "ephemeral",
-    "persistentVolumeClaim",
-    "projected",
-    "secret",
-}
-
-
-def restricted_violations(pod: dict[str, Any]) -> list[str]:
-    """The Pod Security Standards' restricted profile (v1.31), as the API server's admission checks it."""
-    found = []
-    pod_sc = pod.get("securityContext") or {}
-    for flag in ("hostNetwork", "hostPID", "hostIPC"):
-        if pod.get(flag):
-            found.append(f"spec.{flag}")
-    for volume in pod.get("volumes") or []:
-        kinds = set(volume) - {"name"}
-        if not kinds <= RESTRICTED_VOLUMES:
-            found.append(f"volume {volume['name']}: {sorted(kinds)}")
-    if pod_sc.get("sysctls"):
-        found.append("spec.securityContext.sysctls")
-    for container in [*(pod.get("initContainers") or []), *pod["containers"]]:
-        where = f"container {container['name']}"
-        sc = container.get("securityContext") or {}
-        if sc.get("privileged"):
-            found.append(f"{where}: privileged")
-        if sc.get("allowPrivilegeEscalation") is not False:
-            found.append(f"{where}: allowPrivilegeEscalation must be false")
-        caps = sc.get("capabilities") or {}
-        if "ALL" not in (caps.get("drop") or []):
-            found.append(f"{where}: capabilities must drop ALL")
-        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
-            found.append(f"{where}: adds capabilities")
-        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
-            found.append(f"{where}: runAsNonRoot")
-        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
-            found.append(f"{where}: runAsUser 0")
-        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
-        if seccomp not in ("RuntimeDefault", "Localhost"):
-            found.append(f"{where}: seccompProfile")
-        if any(p.get("hostPort") for p in container.get("ports") or []):
-            found.append(f"{where}: hostPort")
-        if sc.get("procMount", "Default") != "Default":
-            found.append(f"{where}: procMount")
-    return found
 
 
 def render(runtime_class: str | None = "gvisor") -> tuple[RenderContext, dict[str, list[dict]]]:

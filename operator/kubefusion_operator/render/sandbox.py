@@ -31,6 +31,7 @@ SANDBOX_UID = 65532  # the trainer image's user (images/trainer.Dockerfile)
 INBOX, OUTBOX, SCRATCH = "/sandbox/inbox", "/sandbox/outbox", "/sandbox/scratch"
 CONCURRENCY = 2  # answers at once per pod = its CPU request
 BACKOFF_LIMIT = 3
+SANDBOX_LABEL = "kubefusion.dev/sandbox"  # the chart's PodMonitor leaves these pods out (no metrics)
 INDEX_ENV = {
     "name": "JOB_COMPLETION_INDEX",
     "valueFrom": {
@@ -163,7 +164,7 @@ def build_sandbox_job(ctx: RenderContext, task: Task, *, suspended: bool = False
     }
     if limits.runtime_class_name:
         pod_spec["runtimeClassName"] = limits.runtime_class_name
-    labels = {**ctx.labels(task), **_pod_selector(ctx, task)}
+    labels = {**ctx.labels(task), **_pod_selector(ctx, task), SANDBOX_LABEL: "true"}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -70,6 +70,7 @@ def test_sandbox_pods_get_no_secret_token_or_network() -> None:
     template = job["spec"]["template"]
     pod = template["spec"]
     assert "runtimeClassName" not in pod
+    assert template["metadata"]["labels"]["kubefusion.dev/sandbox"] == "true"  # the PodMonitor skips it
     assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
     assert not any("secret" in v or "projected" in v for v in pod["volumes"])
     for container in [*pod["initContainers"], *pod["containers"]]:

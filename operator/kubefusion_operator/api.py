@@ -13,10 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from kubefusion_trainer.config import (
-    NAME_PATTERN,
     CamelModel,
     FusionConfig,
     RunConfig,
+    RunName,
     SourceConfig,
     TrainingHyperparameters,
 )
@@ -175,7 +175,7 @@ class ObjectMeta(CamelModel):
 
     model_config = CamelModel.model_config | {"extra": "allow"}
 
-    name: str = Field(..., min_length=1, max_length=63, pattern=NAME_PATTERN)
+    name: RunName  # the same type RunConfig.name has: whatever one accepts, so does the other
     namespace: str | None = None
     generation: int | None = None
     labels: dict[str, str] | None = None

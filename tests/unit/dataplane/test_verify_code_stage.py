@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,9 +23,12 @@ from dataplane_run_helpers import (
     write_shards,
 )
 
+from conftest import subprocess_env
 from kubefusion_trainer.config import load_run_config
 from kubefusion_trainer.layout import RunLayout
-from kubefusion_trainer.scoring.code_items import INPUTS_FILE, read_inputs
+from kubefusion_trainer.scoring.code_extract import plan_tests
+from kubefusion_trainer.scoring.code_items import INPUTS_FILE, CodeItem, read_inputs, write_inputs
+from kubefusion_trainer.scoring.code_sandbox import SandboxLimits
 from kubefusion_trainer.stages import score as score_stage
 from kubefusion_trainer.stages import verify_code
 
@@ -155,3 +163,70 @@ def test_a_verdict_for_changed_code_is_refused(run: dict) -> None:
     shard.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="is for other code or tests"):
         score(config, sandbox_verdicts=True)
+
+
+def _descendants(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat[stat.rfind(")") + 2 :].split()[1]) == current and int(entry) not in found:
+                    found.add(int(entry))
+                    todo.append(int(entry))
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if state[state.rfind(")") + 2] != "Z":
+            alive.add(pid)
+    return alive
+
+
+@pytest.mark.parametrize("containment", ["process", "namespace"])
+def test_a_killed_sandbox_pod_leaves_nothing_behind_and_its_rerun_completes(
+    tmp_path: Path, containment: str
+) -> None:
+    """SIGKILL the sandbox driver mid-shard: no verdict file, no answer process outlives it; a rerun finishes."""
+    if containment == "namespace" and os.geteuid() != 0:
+        pytest.skip("namespace containment needs root")
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    outbox.mkdir()
+    sleeper = CodeItem(
+        "d/s/p/0", "import time\ntime.sleep(120)\n", plan_tests(ADD)
+    )  # no CPU: only a kill ends it
+    honest = CodeItem("d/s/p/1", "def add(a, b):\n    return a + b\n", plan_tests(ADD))
+    write_inputs(inbox / INPUTS_FILE, [sleeper, honest], SandboxLimits(timeout_seconds=60, memory_mb=256))
+    env = {**subprocess_env(), "KUBEFUSION_SANDBOX_CONTAINMENT": containment}
+    command = [sys.executable, "-m", "kubefusion_trainer.cli", "verify-code", "--inbox", str(inbox)]
+    command += ["--outbox", str(outbox), "--concurrency", "2"]
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    seen: set[int] = set()
+    while time.monotonic() < deadline:  # until the sleeper's sandbox is all that runs, for a while
+        seen |= _descendants(driver.pid)
+        if len(_descendants(driver.pid)) >= 2 and time.monotonic() > deadline - 55:
+            break
+        time.sleep(0.05)
+    assert seen, "no sandbox process started"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + 15
+    while _alive(seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive(seen) == set(), [Path(f"/proc/{p}/cmdline").read_bytes() for p in _alive(seen)]
+    assert not (outbox / verify_code.VERDICTS_FILE).exists()
+    fast = [CodeItem(sleeper.key, "def add(a, b):\n    return b + a\n", sleeper.plan), honest]
+    write_inputs(inbox / INPUTS_FILE, fast, SandboxLimits(timeout_seconds=5, memory_mb=256))
+    assert verify_code.run_inbox(inbox, outbox, concurrency=2) == 2
+    assert len(read_jsonl(outbox / verify_code.VERDICTS_FILE)) == 3  # the header and both answers

@@ -117,6 +117,7 @@ class CodeSandbox:
         self.limits = limits or SandboxLimits()
         self.is_root = os.geteuid() == 0
         self.python = python or sandbox_python(needs_world_readable=self.is_root)
+        containment_mode = containment_mode or os.environ.get("KUBEFUSION_SANDBOX_CONTAINMENT") or None
         if containment_mode is None:
             containment_mode = "namespace" if self.is_root and containment.probe_namespaces() else "process"
         if containment_mode not in ("namespace", "process"):
@@ -210,7 +211,7 @@ class CodeSandbox:
     def _spawn(self, job: dict, result_fd: int, stderr, uid: int | None) -> tuple[bool, int]:
         command = [self.python, "-I", "-S", str(CHILD_SCRIPT), str(result_fd)]
         if self.containment == "namespace":
-            command = containment.NAMESPACE_PREFIX + command
+            command = containment.namespace_prefix() + command
         env = dict(CLEAN_ENV)
         if self.containment == "process":
             env.update(HOME=job["workdir"], TMPDIR=job["workdir"])

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import fcntl
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -27,6 +28,14 @@ UID_BLOCK = 64  # uids per scorer process; a scorer runs at most this many answe
 UID_BASE = 61000
 UID_BLOCKS = 64  # 61000..65095: below the usual nobody (65534) and container (65532) uids
 LOCK_DIR = Path(os.environ.get("KUBEFUSION_SANDBOX_LOCK_DIR", "/run/lock/kubefusion-sandbox"))
+
+
+def namespace_prefix() -> list[str]:
+    """unshare, under `setpriv --pdeathsig KILL` where available: if the scorer dies, unshare dies, and
+    --kill-child then ends the answer's whole PID namespace (nothing outlives a killed scorer)."""
+    if shutil.which("setpriv"):
+        return ["setpriv", "--pdeathsig", "KILL", *NAMESPACE_PREFIX]
+    return list(NAMESPACE_PREFIX)
 
 
 def probe_namespaces() -> bool:

@@ -78,6 +78,8 @@ def _drop_privileges(uid):
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+        # A credential change clears the parent-death signal (unshare --kill-child's, or ours): set it again.
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _preload(job):

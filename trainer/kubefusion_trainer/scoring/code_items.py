@@ -40,8 +40,8 @@ class CodeItem:
 
     @property
     def fingerprint(self) -> str:
-        sandbox_side = {k: v for k, v in _plan_json(self.plan).items()}
-        blob = json.dumps([self.code, sandbox_side], sort_keys=True).encode()
+        """Of what the sandbox ran (code, test inputs). Expected values may change: judging uses the new ones."""
+        blob = json.dumps([self.code, _plan_json(self.plan)], sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:32]
 
 

@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,7 @@ class CodeSandbox:
         )
         backstop = self.limits.timeout_seconds + (KILL_GRACE_SECONDS if self.containment == "process" else 0)
         timed_out = False
+        started = time.monotonic()
         try:
             proc.communicate(json.dumps(job).encode(), timeout=backstop)
         except subprocess.TimeoutExpired:
@@ -242,6 +244,10 @@ class CodeSandbox:
             if uid is not None:
                 containment.reap_uid(uid)  # processes that left our group, or a dying namespace's stragglers
         if self.containment == "process" and proc.returncode == TIMEOUT_STATUS:
+            timed_out = True
+        if proc.returncode != 0 and time.monotonic() - started >= self.limits.timeout_seconds:
+            # Killed after its time was up, whoever killed it (on a loaded machine the CPU-time rlimit can
+            # act before the launcher's clock): that is a timeout, not a crash.
             timed_out = True
         return timed_out, proc.returncode
 

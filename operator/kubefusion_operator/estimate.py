@@ -23,13 +23,14 @@ from kubefusion_operator.model_table import (
     model_size,
     size_from_name,
 )
+from kubefusion_operator.render.sandbox import CONCURRENCY as SANDBOX_CPUS
 
 MEAN_ANSWER_TOKENS = 500
 MEAN_PROMPT_TOKENS = 200
 TRAIN_MFU = 0.35  # training, ZeRO-3 over several nodes
 SCORE_MFU = 0.40  # the reward model's forward passes: prefill-like, large batches
 SERVER_START_HOURS = 0.25  # pulling weights from a warm cache and loading them, per server start
-CODE_RUN_SECONDS = 2.0  # one sandboxed code answer against its tests, on one CPU
+CODE_RUN_SECONDS = 1.0  # one code answer against its tests, on one CPU (bench_sandbox: 0.05 on tiny tests)
 MATH_CHECK_SECONDS = 0.05  # one math-verify comparison, on one CPU
 PREPARE_ROWS_PER_SECOND = 2000.0  # reading, filtering and normalising hub rows (download excluded)
 BUILD_ANSWERS_PER_SECOND = 10000.0  # reading scores, pairing and writing datasets
@@ -39,7 +40,8 @@ ASSUMPTIONS = [
     "decode throughput per GPU at full batch: the table in kubefusion_operator/model_table.py (source per row)",
     f"server start {SERVER_START_HOURS:g} h (warm weight cache); not in GPU-hours",
     f"reward model forward: 2 x params FLOPs per token at {SCORE_MFU:.0%} of peak",
-    f"code answer {CODE_RUN_SECONDS:g} CPU-s, math check {MATH_CHECK_SECONDS:g} CPU-s (beside the reward model)",
+    f"code answer {CODE_RUN_SECONDS:g} CPU-s (sandbox pods, verify-code), math check {MATH_CHECK_SECONDS:g} CPU-s "
+    "(score pods, beside the reward model)",
     f"training: 6 x params FLOPs per token (SFT), 8 with the frozen reference (DPO/WRPO), {TRAIN_MFU:.0%} MFU",
     f"prepare {PREPARE_ROWS_PER_SECOND:,.0f} rows/s, build {BUILD_ANSWERS_PER_SECOND:,.0f} answers/s (CPU)",
     "stages run one after another (allowGpuOverlap aside); eval prompts (held out) counted as sampled",
@@ -204,7 +206,9 @@ def _estimate(spec: FusionRunSpec, plan: Plan) -> None:
     code = _sum([d.responses for d in plan.datasets if d.domain == "code"])
     maths = _sum([d.responses for d in plan.datasets if d.domain == "math"])
     scored = None if sampled is None or existing is None else sampled + int(existing)
-    plan.stages.append(_scoring("score", spec, scored, code, maths, gpu))
+    if code:
+        plan.stages.append(_verify_code("verify-code", spec, int(code)))
+    plan.stages.append(_scoring("score", spec, scored, maths, gpu))
     plan.stages.append(_cpu("build", scored, BUILD_ANSWERS_PER_SECOND, "answers"))
     target_size, _ = model_size(spec.target.model, spec.target.parameters_billions)
     for stage, hyper in spec.training_stages().items():
@@ -219,7 +223,15 @@ def _cpu(stage: str, count: float | None, rate: float, unit: str) -> StageEstima
     return StageEstimate(stage, 0, 0.0, count / rate / 3600, f"{count:,.0f} {unit} at {rate:,.0f}/s (CPU)")
 
 
-def _scoring(stage: str, spec: FusionRunSpec, answers, code, maths, gpu: str) -> StageEstimate:
+def _verify_code(stage: str, spec: FusionRunSpec, answers: int) -> StageEstimate:
+    """Code answers run in sandbox pods (an Indexed Job, CPU only) before scoring."""
+    pods = spec.scoring.code_execution.sandbox_pods
+    cpu_hours = answers * CODE_RUN_SECONDS / 3600
+    detail = f"{answers:,} code answers, {cpu_hours:,.0f} CPU-h on {pods} sandbox pods x {SANDBOX_CPUS} CPUs"
+    return StageEstimate(stage, 0, 0.0, cpu_hours / (pods * SANDBOX_CPUS), detail)
+
+
+def _scoring(stage: str, spec: FusionRunSpec, answers, maths, gpu: str) -> StageEstimate:
     scoring = spec.scoring
     rm = scoring.reward_model
     pods = scoring.shards
@@ -230,12 +242,12 @@ def _scoring(stage: str, spec: FusionRunSpec, answers, code, maths, gpu: str) ->
         return StageEstimate(stage, gpus, None, None, f"not estimated: {why}")
     flops = answers * (MEAN_PROMPT_TOKENS + MEAN_ANSWER_TOKENS) * 2 * size * 1e9
     gpu_hours = flops / (GPU_TYPES[gpu].peak_bf16_tflops * 1e12 * SCORE_MFU) / 3600
-    cpu_seconds = (code or 0) * CODE_RUN_SECONDS + (maths or 0) * MATH_CHECK_SECONDS
+    cpu_seconds = (maths or 0) * MATH_CHECK_SECONDS  # code verdicts come from verify-code
     cpu_wall = cpu_seconds / (pods * scoring.cpus) / 3600
     wall = max(gpu_hours / gpus, cpu_wall)
     detail = (
         f"{answers:,} answers on {pods} pod(s) x {max(rm.gpus, 1)} GPU ({gpu_hours / gpus:.1f} h); "
-        f"CPU checks {cpu_seconds / 3600:,.0f} CPU-h on {pods} x {scoring.cpus} CPUs ({cpu_wall:.1f} h)"
+        f"math checks {cpu_seconds / 3600:,.1f} CPU-h on {pods} x {scoring.cpus} CPUs ({cpu_wall:.2f} h)"
     )
     return StageEstimate(stage, gpus, gpu_hours, wall, detail)
 
@@ -246,7 +258,7 @@ def _target_sampling(spec: FusionRunSpec, plan: Plan, target_size: float | None)
     serving = spec.sources[0].serving  # the planner serves the target like the first source
     part = _sampling("sample-target", spec.target.model, target_size, answers, serving, plan.gpu)
     plan.stages.append(part)
-    plan.stages.append(_scoring("score-target", spec, answers, 0, 0, plan.gpu))
+    plan.stages.append(_scoring("score-target", spec, answers, 0, plan.gpu))
     plan.stages.append(_cpu("build-wrpo", answers, BUILD_ANSWERS_PER_SECOND, "answers"))
 
 

@@ -10,12 +10,14 @@ A *task* is one unit of work; a *stage* (stages.recipe_stages) groups tasks for 
     prepare         prepare                                job
     serve-sources   serve-sources/<source> (one each)      server
     sample          sample/<source> (one each)             job (sharded: an Indexed Job on a cluster)
+    verify-code     verify-code          (code datasets)   job, sandboxed (untrusted code: sandbox pods)
     score           score                                  job
     build           build                                  job
     sft             sft                                    train
     dpo             dpo                       (fusechat3)  train
     serve-target    serve-target                  (wrpo)   server (serves train/sft/final)
     sample-target   sample-target                 (wrpo)   job
+    verify-code-target verify-code-target (wrpo, code)     job, sandboxed
     score-target    score-target                  (wrpo)   job
     build-wrpo      build-wrpo                    (wrpo)   job
     wrpo            wrpo                          (wrpo)   train
@@ -48,7 +50,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from kubefusion_operator.api import FusionRunSpec
-from kubefusion_operator.stages import recipe_stages
+from kubefusion_operator.stages import has_code, recipe_stages
 
 
 class TaskKind(StrEnum):
@@ -96,6 +98,9 @@ class Task:
     endpoint: str | None = None  # servers: the RunConfig.endpoints key (source name, or "target")
     record: str | None = None  # the stage completion record the task writes (RunLayout.stage_record)
     server: str | None = None  # sampling tasks: the server task they call
+    # Runs untrusted code (LLM-written answers): an executor isolates it from the run's secrets, storage
+    # and network (sandbox pods on a cluster, sandboxed processes locally).
+    sandboxed: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,14 +152,15 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
         )
         sample_names.append(sample.name)
     scoring_gpu = spec.scoring.reward_model.gpus > 0
+    score_needs, score_options = _verify_code(plan, spec, "sources", tuple(sample_names))
     plan.add(
         Task(
             "score",
             "score",
             TaskKind.JOB,
-            tuple(sample_names),
+            score_needs,
             scoring_gpu,
-            ("stage", "score", "--phase", "sources"),
+            ("stage", "score", "--phase", "sources", *score_options),
             record="score-sources",
         )
     )
@@ -208,14 +214,15 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
                 server="serve-target",
             )
         )
+        target_needs, target_options = _verify_code(plan, spec, "target", ("sample-target",))
         plan.add(
             Task(
                 "score-target",
                 "score-target",
                 TaskKind.JOB,
-                ("sample-target",),
+                target_needs,
                 scoring_gpu,
-                ("stage", "score", "--phase", "target"),
+                ("stage", "score", "--phase", "target", *target_options),
                 record="score-target",
             )
         )
@@ -273,6 +280,28 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
     known_stages = {s.name for s in recipe_stages(spec)}
     assert all(t.stage in known_stages for t in plan.tasks), "planner and stages.py disagree"
     return plan.tasks
+
+
+def _verify_code(
+    plan: _Plan, spec: FusionRunSpec, phase: str, samplers: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Add the phase's verify-code task when it has code answers; what its score task then needs and adds."""
+    if not has_code(spec, phase):
+        return samplers, ()
+    name = "verify-code" if phase == "sources" else "verify-code-target"
+    plan.add(
+        Task(
+            name,
+            name,
+            TaskKind.JOB,
+            samplers,
+            False,
+            ("stage", "verify-code", "--phase", phase),
+            record=f"verify-code-{phase}",
+            sandboxed=True,
+        )
+    )
+    return (name,), ("--sandbox-verdicts",)
 
 
 def _server_wanted(task: Task, tasks: list[Task], state: Mapping[str, TaskState]) -> bool:

@@ -306,6 +306,8 @@ class Reconciler:
             )
         else:
             for obj in build_task_children(ctx, task):
+                if obj["kind"] != "Job":
+                    continue  # e.g. a sandbox task's NetworkPolicy: nothing to suspend
                 await self._patch_child(
                     "Job", ctx.namespace, obj["metadata"]["name"], {"spec": {"suspend": suspended}}
                 )

@@ -44,6 +44,7 @@ def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
             ),
         ),
         Stage("sample", "sample N answers per prompt from every source", False, ("Indexed Job (CPU)",)),
+        *_verify_code(spec, "sources"),
         Stage(
             "score",
             "score answers: reward model, math answers, code tests",
@@ -67,6 +68,7 @@ def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
                 False,
                 ("Indexed Job (CPU)",),
             ),
+            *_verify_code(spec, "target"),
             Stage("score-target", "score the target's answers", True, ("Job (reward model GPU)",)),
             Stage("build-wrpo", "build WRPO quadruples", False, ("Job (CPU)",)),
             Stage("wrpo", "weighted-reward preference optimisation", True, (training_child(spec, "wrpo"),)),
@@ -82,3 +84,17 @@ def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
             Stage("evaluate", "scorecard: fused vs original target on held-out prompts", True, ("Job",))
         )
     return stages
+
+
+def has_code(spec: FusionRunSpec, phase: str) -> bool:
+    """Whether a phase scores code answers (target phase: datasets not sftOnly)."""
+    return any(d.domain == "code" and not (phase == "target" and d.sft_only) for d in spec.datasets)
+
+
+def _verify_code(spec: FusionRunSpec, phase: str) -> list[Stage]:
+    """The code-answer sandbox stage of a phase, when it has code datasets."""
+    if not has_code(spec, phase):
+        return []
+    name = "verify-code" if phase == "sources" else "verify-code-target"
+    children = ("Indexed Job of sandbox pods (CPU, restricted)", "NetworkPolicy (deny all)")
+    return [Stage(name, "run code answers against their tests in sandbox pods", False, children)]

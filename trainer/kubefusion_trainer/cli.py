@@ -12,6 +12,7 @@ STAGES = {
     "prepare": "kubefusion_trainer.stages.prepare",
     "sample": "kubefusion_trainer.stages.sample",
     "score": "kubefusion_trainer.stages.score",
+    "verify-code": "kubefusion_trainer.stages.verify_code",
     "build": "kubefusion_trainer.stages.build",
     "train": "kubefusion_trainer.training.cli",
     "evaluate": "kubefusion_trainer.stages.evaluate",

@@ -34,6 +34,11 @@ allow every request the operator made and grant nothing it never requested (no w
 - apiGroups: [""]
   resources: ["configmaps", "services"]
   verbs: ["list", "create", "delete"]
+# Sandbox pods' deny-all NetworkPolicy (code answers): created with the task, deleted on retry and with
+# the run.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["list", "create", "delete"]
 # Stage pods: listed to read their progress over HTTP (never exec, logs or secrets).
 - apiGroups: [""]
   resources: ["pods"]

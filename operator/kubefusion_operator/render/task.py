@@ -8,6 +8,7 @@ from kubefusion_operator.planner import Task, TaskKind
 from kubefusion_operator.render.jobs import build_job
 from kubefusion_operator.render.names import RenderContext
 from kubefusion_operator.render.pytorchjob import build_pytorchjob
+from kubefusion_operator.render.sandbox import build_sandbox_children
 from kubefusion_operator.render.serving import build_deployment, build_service
 from kubefusion_operator.render.trainjob import build_trainjob
 
@@ -20,4 +21,6 @@ def build_task_children(ctx: RenderContext, task: Task, *, suspended: bool = Fal
         return [build_service(ctx, task), build_deployment(ctx, task, suspended=suspended)]
     if task.kind == TaskKind.TRAIN:
         return [TRAINING_BUILDERS[ctx.training_backend](ctx, task, suspended=suspended)]
+    if task.sandboxed:
+        return build_sandbox_children(ctx, task, suspended=suspended)
     return [build_job(ctx, task, suspended=suspended)]

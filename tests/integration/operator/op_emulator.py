@@ -93,6 +93,7 @@ OPERATOR_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
     ("kubefusion.dev/v1alpha1/fusionruns", "FusionRun", True, ("status",)),
     ("apps/v1/deployments", "Deployment", True, ("status", "scale")),
     ("batch/v1/jobs", "Job", True, ("status",)),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, ()),
     ("kubeflow.org/v1/pytorchjobs", "PyTorchJob", True, ("status",)),
     ("v1/services", "Service", True, ()),
     ("v1/configmaps", "ConfigMap", True, ()),

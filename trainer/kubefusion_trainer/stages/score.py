@@ -27,8 +27,8 @@ from kubefusion_trainer.config import DatasetConfig, FusionConfig, load_run_conf
 from kubefusion_trainer.layout import TARGET_MODEL_NAME, Phase, RunLayout
 from kubefusion_trainer.records import SampleRecord, ScoredRecord
 from kubefusion_trainer.scoring.by_prompt import score_folder
-from kubefusion_trainer.scoring.code_extract import TestFormatError, extract_code, plan_tests, static_check
-from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, SandboxLimits
+from kubefusion_trainer.scoring.code_items import CodeItem, VerdictShards, prepare_answer
+from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, judge
 from kubefusion_trainer.scoring.math_check import MathChecker
 from kubefusion_trainer.scoring.reward import Loader, RewardScorer, load_reward_model
 from kubefusion_trainer.shards import complete_shards, missing_shards
@@ -58,6 +58,7 @@ class Scorers:
     _math: MathChecker | None = None
     _sandbox: CodeSandbox | None = None
     counts: Counter = field(default_factory=Counter)
+    sandbox_verdicts: VerdictShards | None = None  # --sandbox-verdicts: code ran in sandbox pods
 
     @property
     def reward(self) -> RewardScorer:
@@ -74,17 +75,26 @@ class Scorers:
     @property
     def sandbox(self) -> CodeSandbox:
         if self._sandbox is None:
-            limits = self.spec.scoring.code_execution
-            self._sandbox = CodeSandbox(
-                SandboxLimits(timeout_seconds=limits.timeout_seconds, memory_mb=limits.memory_mb),
-                concurrency=self.concurrency,
-            )
+            from kubefusion_trainer.stages.verify_code import sandbox_limits
+
+            self._sandbox = CodeSandbox(sandbox_limits(self.spec), concurrency=self.concurrency)
             print(f"code sandbox: {self._sandbox.isolation}", file=sys.stderr)
         return self._sandbox
+
+    def code_verdict(self, item: CodeItem) -> tuple[bool, str]:
+        """From the sandbox pods' verdict shards when given, else run it here."""
+        if self.sandbox_verdicts is not None:
+            verdict = judge(item.plan, self.sandbox_verdicts.use(item))
+        else:
+            verdict = self.sandbox.run(item.code, item.plan)
+        self.counts[f"code_{verdict.category}"] += 1
+        return verdict.passed, f"code: {verdict.reason}"
 
     def close(self) -> None:
         if self._math is not None:
             self._math.close()
+        if self._sandbox is not None:
+            self._sandbox.close()
 
 
 def plan_units(spec: FusionConfig, layout: RunLayout, phase: Phase) -> list[Unit]:
@@ -192,23 +202,19 @@ def _code_verdicts(
 ) -> list[tuple[bool | None, str]]:
     def verdict(record: SampleRecord) -> tuple[bool | None, str]:
         tests = labels.get(record["prompt_id"], (None, None))[1]
-        if not tests:
-            return None, "code: no tests"
-        try:
-            plan = plan_tests(tests)
-        except TestFormatError as exc:
-            return None, f"code: unusable tests for prompt {record['prompt_id']}: {exc}"
-        code = extract_code(record["answer"])
-        if code is None:
-            return False, "code: no code block in the answer"
-        problem = static_check(code)
-        if problem:
-            return False, f"code: {problem}"
-        result = scorers.sandbox.run(code, plan)
-        return result.passed, f"code: {result.reason}"
+        prepared = prepare_answer(record, tests)  # type: ignore[arg-type]
+        return scorers.code_verdict(prepared) if isinstance(prepared, CodeItem) else prepared
 
     with ThreadPoolExecutor(scorers.concurrency) as pool:
         return list(pool.map(verdict, records))
+
+
+def load_sandbox_verdicts(spec: FusionConfig, layout: RunLayout, phase: Phase) -> VerdictShards:
+    count = spec.scoring.code_execution.sandbox_pods
+    try:
+        return VerdictShards.load([layout.sandbox_verdicts(phase, i, count) for i in range(count)])
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -244,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
     )
+    parser.add_argument(
+        "--sandbox-verdicts",
+        action="store_true",
+        help="Take code verdicts from `stage verify-code`'s shards instead of running code here.",
+    )
     return parser
 
 
@@ -255,6 +266,8 @@ def run(args: argparse.Namespace, loader: Loader = load_reward_model) -> dict[st
     index, count = args.shard
     units = plan_units(config.spec, layout, args.phase)
     scorers = Scorers(config.spec, args.device, max(1, args.concurrency), loader)
+    if getattr(args, "sandbox_verdicts", False):
+        scorers.sandbox_verdicts = load_sandbox_verdicts(config.spec, layout, args.phase)
     progress = ProgressReporter("score", unit="folders", metrics_port=args.metrics_port)
     progress.set_total(len(units))
     started = time.monotonic()
@@ -269,7 +282,12 @@ def run(args: argparse.Namespace, loader: Loader = load_reward_model) -> dict[st
                 return score_records(records, unit.dataset.domain, labels, scorers)
 
             score_folder(
-                unit.sample_shards, unit.scores, (index, count), score, scorers.counts, args.chunk_answers
+                unit.sample_shards,
+                unit.scores,
+                (index, count),
+                score,
+                scorers.counts,
+                getattr(args, "chunk_answers", 1024),
             )
             progress.advance()
     finally:
@@ -284,6 +302,9 @@ def run(args: argparse.Namespace, loader: Loader = load_reward_model) -> dict[st
     }
     if scorers._sandbox is not None:
         summary["sandbox_isolation"] = scorers._sandbox.isolation
+    if scorers.sandbox_verdicts is not None:
+        summary["sandbox_isolation"] = "; ".join(sorted(scorers.sandbox_verdicts.isolation))
+        summary["sandbox_verdicts_merged"] = len(scorers.sandbox_verdicts.used)
     name = f"score-{args.phase}" + (f"-shard-{index}-of-{count}" if count > 1 else "")
     atomic_write_json(layout.stage_record(name), summary)
     return summary

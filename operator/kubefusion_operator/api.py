@@ -67,6 +67,13 @@ class ServingConfig(CamelModel):
     gpus: int = Field(1, ge=0, le=16, description="GPUs per replica; also vLLM's --tensor-parallel-size.")
     replicas: int = Field(1, ge=1, le=64, description="Server replicas behind the Service.")
     max_model_len: int | None = Field(None, ge=128, le=1048576, description="vLLM --max-model-len.")
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Answers one replica generates at once (vLLM --max-num-seqs). The sampling shards share "
+        "it, so no request waits in the server's queue. Default: --max-num-seqs from extraArgs, else 256.",
+    )
     extra_args: list[str] = Field(
         default_factory=list, max_length=64, description="Extra vLLM command-line arguments."
     )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubefusion_operator.api import ServingConfig
 from kubefusion_operator.planner import Task
 from kubefusion_operator.render import pods
+from kubefusion_operator.render.admission import shard_max_in_flight
 from kubefusion_operator.render.names import METRICS_PORT, RenderContext, task_child_name
+from kubefusion_operator.render.scoring import completion_index_env, score_requests, score_sharding
 
 BACKOFF_LIMIT = 3  # pod failures a stage Job tolerates before the run is marked Failed
 SHARDS_PER_REPLICA = 4  # sampling shards per vLLM replica: enough requests in flight to keep it busy
@@ -14,14 +17,16 @@ MAX_SHARDS = 64
 CPU_REQUESTS = {"cpu": "2", "memory": "8Gi"}
 
 
+def _sampled_serving(ctx: RenderContext, task: Task) -> ServingConfig:
+    """The serving settings of the server a sampling task calls (the target is served like source 0)."""
+    if task.name.startswith("sample/"):
+        return next(s for s in ctx.spec.sources if s.name == task.name.split("/", 1)[1]).serving
+    return ctx.spec.sources[0].serving
+
+
 def sampling_shards(ctx: RenderContext, task: Task) -> int:
     """Shards (= Indexed Job completions, all run in parallel) for a sampling task."""
-    if task.name.startswith("sample/"):
-        source = next(s for s in ctx.spec.sources if s.name == task.name.split("/", 1)[1])
-        replicas = source.serving.replicas
-    else:
-        replicas = ctx.spec.sources[0].serving.replicas
-    return min(MAX_SHARDS, SHARDS_PER_REPLICA * replicas)
+    return min(MAX_SHARDS, SHARDS_PER_REPLICA * _sampled_serving(ctx, task).replicas)
 
 
 def stage_command(ctx: RenderContext, task: Task, *extra: str) -> list[str]:
@@ -44,9 +49,12 @@ def _uses_hub(ctx: RenderContext, task: Task) -> bool:
 
 def _resources(ctx: RenderContext, task: Task) -> dict[str, Any]:
     gpus = ctx.spec.scoring.reward_model.gpus if task.uses_gpu else 0
+    requests = dict(CPU_REQUESTS)
+    if task.stage in ("score", "score-target"):
+        requests = score_requests(ctx.spec.scoring)
     if gpus:
-        return {"requests": dict(CPU_REQUESTS), "limits": {"nvidia.com/gpu": gpus}}
-    return {"requests": dict(CPU_REQUESTS)}
+        return {"requests": requests, "limits": {"nvidia.com/gpu": gpus}}
+    return {"requests": requests}
 
 
 def build_job(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dict[str, Any]:
@@ -57,19 +65,11 @@ def build_job(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dic
     if task.stage in ("sample", "sample-target"):
         shards = sampling_shards(ctx, task)
         spec.update(completionMode="Indexed", completions=shards, parallelism=shards)
-        env.append(
-            {
-                "name": "JOB_COMPLETION_INDEX",
-                "valueFrom": {
-                    "fieldRef": {
-                        "fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-                    }
-                },
-            }
-        )
-        extra = ["--shard", f"$(JOB_COMPLETION_INDEX)/{shards}"]
+        env.append(completion_index_env())
+        in_flight = shard_max_in_flight(_sampled_serving(ctx, task), shards)
+        extra = ["--shard", f"$(JOB_COMPLETION_INDEX)/{shards}", "--max-in-flight", str(in_flight)]
     if task.stage in ("score", "score-target"):
-        extra = ["--device", "cuda" if task.uses_gpu else "cpu"]
+        extra = ["--device", "cuda" if task.uses_gpu else "cpu", *score_sharding(ctx, spec, env)]
     container: dict[str, Any] = {
         "name": "stage",
         "image": ctx.image,

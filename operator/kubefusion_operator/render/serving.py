@@ -7,6 +7,7 @@ from typing import Any
 from kubefusion_operator.api import ServingConfig
 from kubefusion_operator.planner import Task
 from kubefusion_operator.render import pods
+from kubefusion_operator.render.admission import max_num_seqs_arg, replica_max_in_flight
 from kubefusion_operator.render.configmap import SERVER_PORT
 from kubefusion_operator.render.names import RenderContext, task_child_name
 from kubefusion_trainer.layout import RunLayout
@@ -49,6 +50,8 @@ def vllm_args(ctx: RenderContext, task: Task) -> list[str]:
     ]
     if serving.max_model_len:
         args += ["--max-model-len", str(serving.max_model_len)]
+    if max_num_seqs_arg(serving.extra_args) is None:  # the batch the samplers' admission is sized for
+        args += ["--max-num-seqs", str(replica_max_in_flight(serving))]
     return args + list(serving.extra_args)
 
 

@@ -16,6 +16,7 @@ the project's virtualenv is readable by root only).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
@@ -78,6 +79,8 @@ class PodPlayer:
                 env[item["name"]] = item["value"]
             elif INDEX_ANNOTATION in str(item.get("valueFrom")):
                 env[item["name"]] = str(index)
+            elif "resourceFieldRef" in item.get("valueFrom", {}):
+                env[item["name"]] = _resource_field(container, item["valueFrom"]["resourceFieldRef"])
             else:
                 raise AssertionError(f"the player cannot resolve env {item}")
         return env
@@ -163,3 +166,15 @@ def _drop_metrics_port(command: list[str]) -> list[str]:
         else:
             out.append(part)
     return out
+
+
+def _resource_field(container: dict[str, Any], ref: dict[str, Any]) -> str:
+    """What the kubelet puts in a resourceFieldRef env var for CPU: the quantity over the divisor, rounded up."""
+    kind, resource = ref["resource"].split(".", 1)
+    if resource != "cpu" or ref.get("containerName", container["name"]) != container["name"]:
+        raise AssertionError(f"the player resolves only its own container's cpu, not {ref}")
+    value = str(container["resources"][kind]["cpu"])
+    cores = int(value[:-1]) / 1000 if value.endswith("m") else float(value)
+    divisor = str(ref.get("divisor", "1"))
+    unit = int(divisor[:-1]) / 1000 if divisor.endswith("m") else float(divisor)
+    return str(math.ceil(cores / unit))

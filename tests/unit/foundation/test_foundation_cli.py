@@ -38,7 +38,7 @@ def test_plan_prints_stages_and_work_for_the_paper_recipe() -> None:
     assert "1,021,960" in out
     total = next(line for line in out.splitlines() if line.strip().startswith("total") and "," in line)
     assert "158,667" in total
-    assert "rough GPU-hours" in out and "assumptions:" in out
+    assert "estimate on H100" in out and "assumptions:" in out
     assert "PyTorchJob" in out and "Indexed Job" in out
 
 

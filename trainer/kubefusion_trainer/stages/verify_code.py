@@ -57,7 +57,8 @@ def sandbox_limits(spec: FusionConfig) -> SandboxLimits:
 
 def collect_items(spec: FusionConfig, layout: RunLayout, phase: Phase) -> list[CodeItem]:
     """Every code answer of the phase that needs running, in a stable order."""
-    from kubefusion_trainer.stages.score import load_labels, plan_units, read_sample_shard
+    from kubefusion_trainer.scoring.by_prompt import read_own_samples
+    from kubefusion_trainer.stages.score import load_labels, plan_units
 
     items: list[CodeItem] = []
     labels: dict[str, dict] = {}
@@ -66,7 +67,7 @@ def collect_items(spec: FusionConfig, layout: RunLayout, phase: Phase) -> list[C
             continue
         if unit.dataset.name not in labels:
             labels[unit.dataset.name] = load_labels(layout, unit.dataset)
-        for record in read_sample_shard(unit.sample_shard):
+        for record in read_own_samples(unit.sample_shards, (0, 1), set()):  # every answer of the folder
             tests = labels[unit.dataset.name].get(record["prompt_id"], (None, None))[1]
             prepared = prepare_answer(record, tests)  # type: ignore[arg-type]
             if isinstance(prepared, CodeItem):

@@ -183,7 +183,7 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
     )
     last = "sft"
     if spec.recipe == "wrpo":
-        target_gpus = spec.sources[0].serving.gpus  # the target is small: serve it like the first source
+        target_gpus = spec.target.serving.gpus
         plan.add(
             Task(
                 "serve-target",

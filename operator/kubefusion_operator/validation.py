@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubefusion_operator.api import FusionRun
+from kubefusion_operator.stages import recipe_stages
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,14 @@ def _semantic_errors(run: FusionRun) -> list[FieldError]:
             )
         if dataset.domain == "code" and not dataset.fields.tests:
             errors.append(FieldError(f"spec.datasets[{i}].fields.tests", "code datasets need a tests column"))
+    deadline_stages = {s.name for s in recipe_stages(run.spec)} - {"serve-sources", "serve-target"}
+    for stage in sorted(set(run.spec.stage_deadline_seconds) - deadline_stages):
+        errors.append(
+            FieldError(
+                f"spec.stageDeadlineSeconds.{stage}",
+                f"not a stage of this run with a Job ({', '.join(sorted(deadline_stages))})",
+            )
+        )
     for i, source in enumerate(run.spec.sources):
         serving = source.serving
         if serving.max_model_len is not None and serving.max_model_len < source.sampling.max_tokens:

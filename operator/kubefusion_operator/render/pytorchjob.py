@@ -27,6 +27,14 @@ def torchrun_command(ctx: RenderContext, task: Task, nproc: int) -> list[str]:
     ]
 
 
+def _run_policy(ctx: RenderContext, task: Task, suspended: bool) -> dict[str, Any]:
+    policy: dict[str, Any] = {"backoffLimit": BACKOFF_LIMIT, "cleanPodPolicy": "None", "suspend": suspended}
+    deadline = ctx.spec.stage_deadline_seconds.get(task.stage)
+    if deadline:
+        policy["activeDeadlineSeconds"] = deadline
+    return policy
+
+
 def build_pytorchjob(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dict[str, Any]:
     hyper = ctx.spec.training_stages()[task.name]
     res = hyper.resources
@@ -34,6 +42,7 @@ def build_pytorchjob(ctx: RenderContext, task: Task, *, suspended: bool = False)
     resources: dict[str, Any] = {"requests": {"cpu": "8", "memory": "64Gi"}}
     if gpus:
         resources["limits"] = {"nvidia.com/gpu": gpus}
+    vols = pods.volumes(ctx, shm=True, model=ctx.spec.target.model)
     container = {
         "name": "pytorch",  # the training operator looks for this container name
         "image": res.image or ctx.image,
@@ -53,8 +62,8 @@ def build_pytorchjob(ctx: RenderContext, task: Task, *, suspended: bool = False)
             "replicas": count,
             "restartPolicy": "OnFailure",
             "template": {
-                "metadata": {"labels": ctx.labels(task), "annotations": pods.pod_annotations()},
-                "spec": {"containers": [container], "volumes": pods.volumes(ctx, shm=True)},
+                "metadata": pods.template_metadata(ctx, task),
+                "spec": pods.pod_spec(ctx, task, [container], vols),
             },
         }
 
@@ -64,10 +73,10 @@ def build_pytorchjob(ctx: RenderContext, task: Task, *, suspended: bool = False)
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": ctx.metadata(task_child_name(ctx.name, task), task, queue=True),
+        "metadata": pods.workload_metadata(ctx, task_child_name(ctx.name, task), task),
         "spec": {
             "nprocPerNode": str(max(gpus, 1)),
-            "runPolicy": {"backoffLimit": BACKOFF_LIMIT, "cleanPodPolicy": "None", "suspend": suspended},
+            "runPolicy": _run_policy(ctx, task, suspended),
             "pytorchReplicaSpecs": replicas,
         },
     }

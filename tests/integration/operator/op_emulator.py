@@ -10,7 +10,10 @@ a real API server where kopf, kubectl and our client rely on it:
   status subresource; PUT replaces (409 on a stale resourceVersion);
 - DELETE honours finalizers (deletionTimestamp, then gone when they are removed);
 - lists carry kind/apiVersion/resourceVersion and honour equality label selectors (a=b, a!=b, a, !a);
-- /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents.
+- /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents;
+- a create whose ownerReferences set blockOwnerDeletion records the authorization check kube-apiserver's
+  OwnerReferencesPermissionEnforcement plugin makes: `update` on the owner's `finalizers` subresource
+  (so RBAC derived from the recorded requests grants it; emulator_admission/rbac.py enforces it).
 Like kmock it has no garbage collection by ownerReference and no schema validation.
 
 Recording (for RBAC derivation, e.g. by the Helm chart's tests)::
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import datetime
 import itertools
@@ -66,6 +70,11 @@ OPERATOR_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
 
 
 SHORT_NAMES = {"FusionRun": {"fr"}, "Deployment": {"deploy"}, "Service": {"svc"}, "ConfigMap": {"cm"}}
+
+
+# The User-Agent of the request being served (aiohttp serves each request in its own task): admission
+# checks that depend on who asks (emulator_admission/rbac.py) read it.
+current_agent: contextvars.ContextVar[str] = contextvars.ContextVar("current_agent", default="")
 
 
 class ApiRequest(NamedTuple):
@@ -261,6 +270,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             info and info.namespaced and request.name is None and _method(request) == "POST"
         )
         self.api_request_agents.append(request.headers.get("User-Agent", ""))
+        current_agent.set(request.headers.get("User-Agent", ""))
         self.api_requests.append(
             ApiRequest(
                 _rbac_verb(request),
@@ -346,6 +356,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 409, "AlreadyExists", f'{request.resource.plural} "{meta["name"]}" already exists'
             )
         self._admit(Admission("create", request.resource, namespace, data, None, None, False))
+        self._record_owner_checks(data)
         meta.update(
             uid=str(uuid.uuid4()), resourceVersion=str(next(self._rv)), generation=1, creationTimestamp=_now()
         )
@@ -356,6 +367,16 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             self._index.setdefault(request.resource, {})[key[1:]] = self.objects[key]
         await self._publish(request.resource, "ADDED", copy.deepcopy(data))
         return data
+
+    def _record_owner_checks(self, obj: dict[str, Any]) -> None:
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+            if not ref.get("blockOwnerDeletion"):
+                continue
+            group = ref.get("apiVersion", "").rpartition("/")[0]
+            owner = next((r for r, info in self.resources.items() if info.kind == ref.get("kind")), None)
+            if owner is not None:
+                self.api_request_agents.append(current_agent.get())
+                self.api_requests.append(ApiRequest("update", group, owner.plural, "finalizers", True))
 
     async def _patch(
         self,

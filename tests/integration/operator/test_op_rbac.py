@@ -27,6 +27,8 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 EXPECTED = {
     ("kubefusion.dev", "fusionruns"): {"list", "watch", "get", "patch"},
     ("kubefusion.dev", "fusionruns/status"): {"patch"},
+    # Not a request: the authorization check blockOwnerDeletion triggers (op_emulator docstring).
+    ("kubefusion.dev", "fusionruns/finalizers"): {"update"},
     ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
     ("batch", "jobs"): {"list", "watch", "create", "patch", "delete"},
     ("kubeflow.org", "pytorchjobs"): {"list", "watch", "create", "patch", "delete"},

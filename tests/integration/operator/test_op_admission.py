@@ -1,0 +1,185 @@
+"""The emulator's admission checks refuse what kube-apiserver refuses, and the operator's children pass them."""
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from emulator_admission import pod_security, rbac, schema
+from op_cluster import JOBS, condition, create_run, drive_to_end, example, operator_running, run_status
+from op_emulator import emulator  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+BARE_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "bare"},
+    "spec": {"containers": [{"name": "stage", "image": "busybox"}]},
+}
+RESTRICTED_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "good"},
+    "spec": {
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "stage",
+                "image": "busybox",
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+    },
+}
+
+
+async def test_pod_security_refuses_a_bad_pod_in_a_restricted_namespace(emulator) -> None:
+    emulator.admission_checks.append(pod_security.check)
+    pod_security.label_namespace(emulator, "ns1", enforce="restricted")
+    resp = await emulator.post("/api/v1/namespaces/ns1/pods", json=BARE_POD)
+    assert resp.status == 403
+    status = await resp.json()
+    assert status["kind"] == "Status" and status["reason"] == "Forbidden"
+    message = status["message"]
+    assert message.startswith('pods "bare" is forbidden: violates PodSecurity "restricted:latest": ')
+    for control in (
+        'allowPrivilegeEscalation != false (container "stage"',
+        "unrestricted capabilities",
+        "runAsNonRoot != true",
+        "seccompProfile",
+    ):
+        assert control in message
+    assert emulator.find("v1/pods", "ns1", "bare") is None
+    # The same pod in a namespace without the label, and a compliant pod in the labelled one, pass.
+    assert (await emulator.post("/api/v1/namespaces/ns2/pods", json=BARE_POD)).status == 201
+    assert (await emulator.post("/api/v1/namespaces/ns1/pods", json=RESTRICTED_POD)).status == 201
+    # One forbidden field is enough.
+    root = copy.deepcopy(RESTRICTED_POD)
+    root["metadata"]["name"] = "root"
+    root["spec"]["securityContext"]["runAsUser"] = 0
+    resp = await emulator.post("/api/v1/namespaces/ns1/pods", json=root)
+    assert resp.status == 403 and "runAsUser=0" in (await resp.json())["message"]
+
+
+async def test_pod_security_refuses_a_job_whose_template_breaks_the_profile(emulator) -> None:
+    emulator.admission_checks.append(pod_security.check)
+    pod_security.label_namespace(emulator, "ns1", enforce="restricted")
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "old-prepare"},
+        "spec": {"template": {"spec": {**BARE_POD["spec"], "restartPolicy": "Never"}}},
+    }
+    resp = await emulator.post("/apis/batch/v1/namespaces/ns1/jobs", json=job)
+    assert resp.status == 403
+    message = (await resp.json())["message"]
+    assert message.startswith('jobs.batch "old-prepare" is forbidden: violates PodSecurity')
+    assert "spec.template.spec: allowPrivilegeEscalation != false" in message
+
+
+async def test_a_run_in_a_restricted_namespace_succeeds(emulator, tmp_path) -> None:
+    emulator.admission_checks.append(pod_security.check)
+    pod_security.label_namespace(emulator, "ns1", enforce="restricted")
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("quickstart"))
+        await drive_to_end(emulator, "quickstart")
+    assert condition(emulator, "ns1", "quickstart", "Succeeded") == "True", run_status(
+        emulator, "ns1", "quickstart"
+    )
+    assert any(name == "quickstart-prepare" for _, _, name in emulator.timeline)
+    assert emulator.live(JOBS, "ns1")  # the stage Jobs were admitted
+
+
+async def test_schema_refuses_an_invalid_object_with_422_and_a_status_body(emulator) -> None:
+    emulator.admission_checks.append(schema.check)
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "typo"},
+        "spec": {
+            "backoffLimit": "three",
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "a", "image": "b"}]}},
+        },
+    }
+    resp = await emulator.post("/apis/batch/v1/namespaces/ns1/jobs", json=job)
+    assert resp.status == 422
+    status = await resp.json()
+    assert status["kind"] == "Status" and status["reason"] == "Invalid" and status["code"] == 422
+    assert status["message"].startswith('Job.batch "typo" is invalid: spec.backoffLimit: Invalid value:')
+    assert status["details"]["causes"][0]["field"] == "spec.backoffLimit"
+    assert status["details"]["kind"] == "Job" and status["details"]["name"] == "typo"
+    assert emulator.find(JOBS, "ns1", "typo") is None
+    # An unknown field in a container is refused too (strict); a valid Job is stored.
+    job["spec"]["backoffLimit"] = 3
+    job["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
+    resp = await emulator.post("/apis/batch/v1/namespaces/ns1/jobs", json=job)
+    assert resp.status == 422 and "securityContxt" in (await resp.json())["message"]
+    del job["spec"]["template"]["spec"]["containers"][0]["securityContxt"]
+    assert (await emulator.post("/apis/batch/v1/namespaces/ns1/jobs", json=job)).status == 201
+    # A patch that makes it invalid is refused and leaves it as it was.
+    resp = await emulator.patch(
+        "/apis/batch/v1/namespaces/ns1/jobs/typo",
+        json={"spec": {"parallelism": "many"}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert resp.status == 422
+    assert "parallelism" not in emulator.find(JOBS, "ns1", "typo")["spec"]
+
+
+OPERATOR_AGENT = {"User-Agent": "kubefusion-operator"}
+
+
+def owned_job(name: str) -> dict:
+    owner = {
+        "apiVersion": "kubefusion.dev/v1alpha1",
+        "kind": "FusionRun",
+        "name": "quickstart",
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "ownerReferences": [owner]},
+        "spec": {
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "a", "image": "b"}]}}
+        },
+    }
+
+
+async def test_rbac_refuses_what_the_chart_does_not_grant(emulator) -> None:
+    granted = rbac.chart_rules()
+    without_finalizers = [r for r in granted if "fusionruns/finalizers" not in r.get("resources", [])]
+    assert len(without_finalizers) == len(granted) - 1  # the chart grants it (blockOwnerDeletion)
+    check = rbac.RbacCheck(without_finalizers)
+    emulator.admission_checks.append(check)
+    url = "/apis/batch/v1/namespaces/ns1/jobs"
+    resp = await emulator.post(url, json=owned_job("child"), headers=OPERATOR_AGENT)
+    assert resp.status == 403
+    message = (await resp.json())["message"]
+    assert message.startswith('jobs.batch "child" is forbidden: cannot set blockOwnerDeletion')
+    assert '"fusionruns/finalizers" in API group "kubefusion.dev"' in message
+    # Not granted at all: Secrets.
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}}
+    resp = await emulator.post("/api/v1/namespaces/ns1/secrets", json=secret, headers=OPERATOR_AGENT)
+    assert resp.status == 403
+    assert 'cannot create resource "secrets" in API group ""' in (await resp.json())["message"]
+    # With the chart's full rules the child is created; the test's own requests are never checked.
+    check.rules = granted
+    assert (await emulator.post(url, json=owned_job("child"), headers=OPERATOR_AGENT)).status == 201
+    assert (await emulator.post("/api/v1/namespaces/ns1/secrets", json=secret)).status == 201
+
+
+async def test_a_run_passes_every_admission_check(emulator, tmp_path) -> None:
+    """Restricted namespace, schema checks and the chart's RBAC at once: the run still succeeds."""
+    pod_security.label_namespace(emulator, "ns1", enforce="restricted")
+    emulator.admission_checks += [pod_security.check, schema.check, rbac.RbacCheck(rbac.chart_rules())]
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("wrpo-llama3-8b"))
+        await drive_to_end(emulator, "wrpo-llama3-8b", timeout=60)
+    assert condition(emulator, "ns1", "wrpo-llama3-8b", "Succeeded") == "True", run_status(
+        emulator, "ns1", "wrpo-llama3-8b"
+    )

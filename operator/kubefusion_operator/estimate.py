@@ -23,16 +23,8 @@ GPU_PEAK_FLOPS = 989e12
 RM_ANSWERS_PER_GPU_SECOND = 50.0
 
 
-# Well-known models whose names carry no size.
-KNOWN_SIZES = {"mistral-large": 123.0, "mixtral-8x22b": 141.0, "mixtral-8x7b": 47.0}
-
-
 def parameters_billions(model: str) -> float | None:
     """Guess a model's size from its name ("Llama-3.1-70B-Instruct" -> 70); None when it has none."""
-    lowered = model.lower()
-    known = next((size for family, size in KNOWN_SIZES.items() if family in lowered), None)
-    if known is not None:
-        return known
     match = re.search(r"(?<![\w.])(\d+(?:\.\d+)?)\s*[bB](?![a-zA-Z])", model.replace("_", "-"))
     if not match:
         match = re.search(r"-(\d+(?:\.\d+)?)[bB]\b", model)

@@ -82,7 +82,9 @@ class Reconciler:
         generation = int(meta.get("generation") or 1)
         try:
             run = validate_document(
-                {k: v for k, v in body.items() if k != "status"} | {"status": None}, f"FusionRun {key}"
+                {k: v for k, v in body.items() if k != "status"} | {"status": None},
+                f"FusionRun {key}",
+                cluster=True,
             )
         except InvalidFusionRun as exc:
             message = "; ".join(str(e) for e in exc.errors)[:4000]

@@ -111,8 +111,25 @@ def _semantic_errors(run: FusionRun) -> list[FieldError]:
     return errors
 
 
-def validate_document(doc: Any, source: str = "<input>") -> FusionRun:
-    """Parse and check one FusionRun document; raise InvalidFusionRun listing every problem."""
+def cluster_errors(run: FusionRun) -> list[FieldError]:
+    """What only a run on Kubernetes needs (the operator checks it; `kubefusion run` does not)."""
+    if run.spec.storage.pvc:
+        return []
+    given = f"spec.storage.uri {run.spec.storage.uri!r} is" if run.spec.storage.uri else "no storage is"
+    return [
+        FieldError(
+            "spec.storage.pvc",
+            f"a run on Kubernetes needs a ReadWriteMany PersistentVolumeClaim mounted in every pod; {given} "
+            "not mounted in pods (spec.storage.uri is for `kubefusion run` on one machine). "
+            "See docs/install.md, 'Before the first run'.",
+        )
+    ]
+
+
+def validate_document(doc: Any, source: str = "<input>", *, cluster: bool = False) -> FusionRun:
+    """Parse and check one FusionRun document; raise InvalidFusionRun listing every problem.
+
+    cluster=True adds the rules of a run on Kubernetes (cluster_errors)."""
     if not isinstance(doc, dict):
         raise InvalidFusionRun(
             source, [FieldError("<root>", f"expected a mapping, got {type(doc).__name__}")]
@@ -121,7 +138,7 @@ def validate_document(doc: Any, source: str = "<input>") -> FusionRun:
         run = FusionRun.model_validate(doc)
     except ValidationError as exc:
         raise InvalidFusionRun(source, _from_pydantic(exc)) from None
-    errors = _semantic_errors(run)
+    errors = _semantic_errors(run) + (cluster_errors(run) if cluster else [])
     if errors:
         raise InvalidFusionRun(source, errors)
     return run

@@ -234,7 +234,11 @@ def container(base: dict[str, Any], vols: list[dict[str, Any]]) -> dict[str, Any
     """A container with the restricted security context, cache environment and storage request."""
     out = dict(base)
     names = {e["name"] for e in out.get("env", [])}
-    out["env"] = [*out.get("env", []), *(e for e in cache_env() if e["name"] not in names)]
+    env = [*out.get("env", []), *(e for e in cache_env() if e["name"] not in names)]
+    claim = next((v["persistentVolumeClaim"]["claimName"] for v in vols if v["name"] == "storage"), None)
+    if claim:  # named in prepare's error when the run folder is not writable
+        env.append({"name": "KUBEFUSION_STORAGE_PVC", "value": claim})
+    out["env"] = env
     resources = {k: dict(v) for k, v in (out.get("resources") or {}).items()}
     resources.setdefault("requests", {}).setdefault("ephemeral-storage", ephemeral_storage(vols))
     out["resources"] = resources

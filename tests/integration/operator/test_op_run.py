@@ -58,8 +58,8 @@ async def test_fusechat3_run_succeeds_in_order(emulator, tmp_path) -> None:
     ]
     assert all(s["state"] == "Succeeded" and s["startTime"] and s["endTime"] for s in status["stages"])
     assert status["stages"][0]["outputs"] == [
-        "runs/quickstart/prepared/addition.jsonl",
-        "runs/quickstart/prepared/reversal.jsonl",
+        "/mnt/kubefusion/prepared/addition.jsonl",
+        "/mnt/kubefusion/prepared/reversal.jsonl",
     ]
     timeline = child_timeline(emulator)
     q = "quickstart-"

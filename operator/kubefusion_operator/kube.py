@@ -39,6 +39,7 @@ KINDS: dict[str, Kind] = {
     "ConfigMap": Kind("", "v1", "configmaps"),
     "Service": Kind("", "v1", "services"),
     "Pod": Kind("", "v1", "pods"),
+    "Event": Kind("", "v1", "events"),
     "Deployment": Kind("apps", "v1", "deployments"),
     "Job": Kind("batch", "v1", "jobs"),
     "PyTorchJob": Kind("kubeflow.org", "v1", "pytorchjobs"),
@@ -125,9 +126,14 @@ class KubeApi:
                 raise ApiError(resp.status, body.get("reason", resp.reason or ""), body.get("message", ""))
             return body
 
-    async def list(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+    async def list(
+        self, kind: str, namespace: str, labels: dict[str, str], fields: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
         selector = ",".join(f"{k}={v}" for k, v in labels.items())
-        body = await self._call("GET", KINDS[kind].path(namespace), params={"labelSelector": selector})
+        params = {"labelSelector": selector}
+        if fields:
+            params["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
+        body = await self._call("GET", KINDS[kind].path(namespace), params=params)
         items = body.get("items", []) if isinstance(body, dict) else []
         # Filter again: a proxy or an old API server may ignore the selector.
         return [i for i in items if labels.items() <= (i.get("metadata", {}).get("labels") or {}).items()]

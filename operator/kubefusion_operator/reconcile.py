@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubefusion_operator.api import RETRY_ANNOTATION, FusionRunSpec, as_dict
+from kubefusion_operator.blockers import CONDITION as BLOCKED
+from kubefusion_operator.blockers import (
+    Blocker,
+    find_blockers,
+    spare_waiting_servers,
+    with_blocked_condition,
+)
 from kubefusion_operator.kube import CHILD_KINDS, KubeApi
 from kubefusion_operator.metrics import OperatorMetrics
 from kubefusion_operator.observe import ChildFailure, observe
@@ -27,7 +34,7 @@ from kubefusion_operator.planner import (
 from kubefusion_operator.render.configmap import build_config_map
 from kubefusion_operator.render.names import RUN_LABEL, RenderContext, label_value
 from kubefusion_operator.render.pytorchjob import build_pytorchjob
-from kubefusion_operator.render.serving import build_deployment
+from kubefusion_operator.render.serving import STARTUP_BUDGET_SECONDS, build_deployment
 from kubefusion_operator.render.task import build_task_children
 from kubefusion_operator.scrape import UNITS, scrape_progress
 from kubefusion_operator.status import Observation, build_status, invalid_spec_status, previous_status
@@ -108,6 +115,8 @@ class Reconciler:
         states, refs, failures = observe(
             tasks, children, previous.tasks, queued_by_kueue=bool(spec.queue_name)
         )
+        pods, blockers = await self._blockers(namespace, name, tasks, states, refs, children)
+        failures = [f for f in failures if states[f.task] == TaskState.FAILED]
         retry = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
         actions = next_actions(spec, states, suspended=spec.suspend, retry=retry, tasks=tasks)
         phase, failure = await self._act(
@@ -124,7 +133,7 @@ class Reconciler:
             and self.config.scrape
             and any(s in (TaskState.RUNNING, TaskState.READY) for s in states.values())
         ):
-            pods = await self.api.list("Pod", namespace, {RUN_LABEL: name})
+            pods = pods if pods is not None else await self.api.list("Pod", namespace, {RUN_LABEL: name})
             progress = await scrape_progress(
                 pods,
                 {label_value(t.name): t.name for t in tasks},
@@ -132,7 +141,7 @@ class Reconciler:
                 lambda t: _unit(next(x for x in tasks if x.name == t)),
             )
         obs = Observation(generation, phase, states, refs, failure, progress)
-        new = await self._write_status(body, previous, spec, obs, emit)
+        new = await self._write_status(body, previous, spec, obs, emit, blockers)
         counts = new.counts
         self.metrics.observe_run(
             key,
@@ -229,8 +238,34 @@ class Reconciler:
                     "Job", ctx.namespace, obj["metadata"]["name"], {"spec": {"suspend": suspended}}
                 )
 
+    async def _blockers(
+        self,
+        namespace: str,
+        name: str,
+        tasks: list[Task],
+        states: dict[str, TaskState],
+        refs: dict[str, list[str]],
+        children: list[dict[str, Any]],
+    ) -> tuple[list[dict[str, Any]] | None, list[Blocker]]:
+        """Pods that cannot be created or scheduled (blockers.py); the run's pods when they were listed."""
+        waiting = any(s == TaskState.RUNNING for s in states.values())
+        failed_servers = any(t.kind == TaskKind.SERVER and states[t.name] == TaskState.FAILED for t in tasks)
+        if not (waiting or failed_servers):
+            return None, []
+        pods = await self.api.list("Pod", namespace, {RUN_LABEL: name})
+        spare_waiting_servers(tasks, states, pods, STARTUP_BUDGET_SECONDS, _now())
+        events = await self.api.list("Event", namespace, {}, fields={"reason": "FailedCreate"})
+        kinds = {ref: task for task, task_refs in refs.items() for ref in task_refs}
+        return pods, find_blockers(tasks, states, children, pods, events, kinds)
+
     async def _write_status(
-        self, body: dict[str, Any], previous: Any, spec: FusionRunSpec | None, obs: Observation, emit: Emit
+        self,
+        body: dict[str, Any],
+        previous: Any,
+        spec: FusionRunSpec | None,
+        obs: Observation,
+        emit: Emit,
+        blockers: list[Blocker] | None = None,
     ) -> Any:
         meta = body["metadata"]
         now = _now()
@@ -239,6 +274,14 @@ class Reconciler:
         else:
             root = RenderContext(meta["name"], meta["namespace"], meta.get("uid", ""), spec).storage_root
             new = build_status(spec, meta["name"], root, previous, obs, now)
+            new = with_blocked_condition(new, blockers or [], obs.generation, now)
+            old_blocked = next((c for c in previous.conditions if c.type == BLOCKED), None)
+            new_blocked = next(c for c in new.conditions if c.type == BLOCKED)
+            if new_blocked.status == "True" and (
+                old_blocked is None
+                or (old_blocked.status, old_blocked.message) != ("True", new_blocked.message)
+            ):
+                emit("Warning", new_blocked.reason, new_blocked.message[:1000])
         self._record_transitions(previous, new, emit, now)
         old_dict, new_dict = as_dict(previous), as_dict(new)
         if old_dict != new_dict:

@@ -39,10 +39,11 @@ allow every request the operator made and grant nothing it never requested (no w
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
-# Events about FusionRuns (kopf posts them to the core API).
+# Events about FusionRuns (kopf posts them to the core API); FailedCreate Events of the run's Jobs are
+# listed to report pods the API server refused (quota, Pod Security).
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "list"]
 {{- end }}
 
 

@@ -14,6 +14,9 @@ from kubefusion_trainer.layout import RunLayout
 # 70B weights from a cold cache take tens of minutes to download and load: allow an hour.
 STARTUP_PERIOD_SECONDS = 10
 STARTUP_FAILURE_THRESHOLD = 360
+# A server that ran this long without answering has failed (the kubelet restarts it at that point); time
+# spent Pending (no GPU, no quota) does not count (blockers.py).
+STARTUP_BUDGET_SECONDS = STARTUP_PERIOD_SECONDS * STARTUP_FAILURE_THRESHOLD
 # Requests per GPU when sources[].serving.resources sets none: vLLM's API server, tokenizer and
 # scheduler processes need CPUs, and loading safetensors needs page cache. Without GPUs: one server.
 CPU_PER_GPU, MEMORY_PER_GPU = 4, 32  # CPUs, GiB

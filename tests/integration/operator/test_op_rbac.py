@@ -35,7 +35,7 @@ EXPECTED = {
     ("", "services"): {"list", "create", "delete"},
     ("", "configmaps"): {"create", "list", "delete"},
     ("", "pods"): {"list"},
-    ("", "events"): {"create"},
+    ("", "events"): {"create", "list"},
 }
 
 

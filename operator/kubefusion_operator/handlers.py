@@ -36,6 +36,9 @@ class OperatorConfig:
     scrape: bool = True  # read stage progress from stage pods' metrics endpoints
 
 
+CHILD_WATCHES = ("Deployment", "Job", "PyTorchJob")  # children whose events trigger a reconcile
+
+
 def _finished(status: Any) -> bool:
     for cond in (status or {}).get("conditions") or []:
         if cond.get("type") in ("Succeeded", "Failed") and cond.get("status") == "True":
@@ -63,6 +66,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.batching.idle_timeout = max(config.batch_window * 10, 1.0)
         settings.batching.exit_timeout = config.exit_timeout
         settings.peering.standalone = True
+        # Watch only the run's children, selected by the API server: kopf's `labels=` handler filter
+        # is applied client-side, after every Deployment and Job of the cluster was streamed to us.
+        for child_kind in CHILD_WATCHES:
+            kind = KINDS[child_kind]
+            settings.watching.label_selectors[kind.group, kind.plural] = RUN_LABEL
         memo.setdefault("metrics", OperatorMetrics())
         memo.locks = {}
         memo.finished = {}  # namespace/name -> finished? for the runs this operator has seen
@@ -161,7 +169,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         if "ticker" in memo:
             memo.ticker.cancel()
 
-    for kind_name in ("Deployment", "Job", "PyTorchJob"):
+    for kind_name in CHILD_WATCHES:
         kind = KINDS[kind_name]
 
         @kopf.on.event(

@@ -61,3 +61,17 @@ async def test_gpu_stages_carry_the_tolerations_of_spec_scheduling(emulator, tmp
                 assert "nodeSelector" not in pod and "priorityClassName" not in pod, stage
     assert gpu_stages == {"serve-sources", "score", "sft", "serve-target", "score-target", "wrpo", "evaluate"}
     assert cpu_stages == {"prepare", "sample", "build", "sample-target", "build-wrpo"}
+
+
+async def test_child_watches_select_by_label_on_the_server(emulator, tmp_path) -> None:
+    """kopf's `labels=` filter is client-side; the watch requests themselves carry the selector."""
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("quickstart"))
+        await drive_to_end(emulator, "quickstart")
+    watches: dict[str, set[str]] = {}
+    for request in emulator._requests:  # kmock's log of parsed requests, with their query parameters
+        if request.params.get("watch") in ("true", "1") and request.resource is not None:
+            watches.setdefault(request.resource.plural, set()).add(request.params.get("labelSelector", ""))
+    for plural in ("deployments", "jobs", "pytorchjobs"):
+        assert watches.get(plural) == {"kubefusion.dev/run"}, (plural, watches)
+    assert watches["fusionruns"] == {""}  # every run, of course

@@ -68,6 +68,11 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
+def _kueue_owns(ctx: RenderContext, task: Task) -> bool:
+    """Kueue admits (and unsuspends) the run's batch workloads; servers are scaled, not suspended."""
+    return bool(ctx.spec.queue_name) and task.kind != TaskKind.SERVER
+
+
 def _unit(task: Task) -> str:
     return UNITS["train" if task.kind == TaskKind.TRAIN else task.stage.split("-")[0]]
 
@@ -184,6 +189,12 @@ class Reconciler:
                 await self._delete_task(ctx, task, refs)
                 states[task.name] = TaskState.PENDING
                 emit("Normal", "ServerStopped", f"{task.name}: {action.message}")
+            elif action.type == ActionType.SUSPEND and task is not None and _kueue_owns(ctx, task):
+                # Kueue unsuspends a workload it admitted, so a suspended Job would just restart: stop it
+                # instead; it is created again on resume and carries on from its completion records.
+                await self._delete_task(ctx, task, refs)
+                states[task.name] = TaskState.PENDING
+                emit("Normal", "StageStopped", f"{task.name}: stopped for spec.suspend (queued by Kueue)")
             elif action.type in (ActionType.SUSPEND, ActionType.RESUME) and task is not None:
                 await self._set_suspended(ctx, task, action.type == ActionType.SUSPEND)
                 states[task.name] = (

@@ -169,3 +169,42 @@ async def test_a_server_that_ran_past_its_startup_budget_fails_the_run(emulator,
             what="Failed",
         )
     assert "ProgressDeadlineExceeded" in run_status(emulator, "ns1", "quickstart")["message"]
+
+
+async def test_suspend_with_kueue_stops_jobs_instead_of_fighting_it(emulator, tmp_path) -> None:
+    """Kueue unsuspends a Job it admitted: a queued run's Jobs are deleted on suspend, recreated on resume."""
+    cluster = Cluster(emulator)
+    url = "/apis/kubefusion.dev/v1alpha1/namespaces/ns1/fusionruns/quickstart"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("quickstart", queueName="team-a"))
+        await wait_for(lambda: children(emulator, JOBS) == ["quickstart-prepare"])
+        await cluster.complete("quickstart-prepare")
+        await wait_for(lambda: len(children(emulator, DEPLOYMENTS)) == 2, what="servers")
+        await cluster.ready("quickstart-adder-serve")
+        await wait_for(lambda: "quickstart-adder-sample" in children(emulator, JOBS), what="sampler")
+        sample_uid = emulator.find(JOBS, "ns1", "quickstart-adder-sample")["metadata"]["uid"]
+        await emulator.patch(url, json={"spec": {"suspend": True}}, headers=merge)
+        await wait_for(
+            lambda: "quickstart-adder-sample" not in children(emulator, JOBS), what="the sampler stopped"
+        )
+        await wait_for(
+            lambda: [d["spec"]["replicas"] for d in emulator.live(DEPLOYMENTS, "ns1")] == [0, 0],
+            what="scaled",
+        )
+        await wait_for(
+            lambda: any(
+                c["type"] == "Suspended" and c["status"] == "True"
+                for c in run_status(emulator, "ns1", "quickstart").get("conditions", [])
+            ),
+            what="Suspended",
+        )
+        assert children(emulator, JOBS) == ["quickstart-prepare"]  # finished work is kept
+        await emulator.patch(url, json={"spec": {"suspend": False}}, headers=merge)
+        await wait_for(lambda: [d["spec"]["replicas"] for d in emulator.live(DEPLOYMENTS, "ns1")] == [1, 1])
+        await cluster.ready("quickstart-adder-serve")
+        await wait_for(lambda: "quickstart-adder-sample" in children(emulator, JOBS), what="sampler again")
+        assert emulator.find(JOBS, "ns1", "quickstart-adder-sample")["metadata"]["uid"] != sample_uid
+        await drive_to_end(emulator, "quickstart")
+    status = run_status(emulator, "ns1", "quickstart")
+    assert any(c["type"] == "Succeeded" and c["status"] == "True" for c in status["conditions"]), status

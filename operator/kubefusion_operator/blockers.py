@@ -161,10 +161,15 @@ def spare_waiting_servers(
 
 
 def with_blocked_condition(
-    status: FusionRunStatus, blockers: list[Blocker], generation: int, now: datetime.datetime
+    status: FusionRunStatus,
+    previous: FusionRunStatus,
+    blockers: list[Blocker],
+    generation: int,
+    now: datetime.datetime,
 ) -> FusionRunStatus:
-    """The status with its Blocked condition set from the blockers (False, AsExpected, when none)."""
-    old = next((c for c in status.conditions if c.type == CONDITION), None)
+    """The status with its Blocked condition set from the blockers (False, AsExpected, when none);
+    its lastTransitionTime moves only when its status does."""
+    old = next((c for c in previous.conditions if c.type == CONDITION), None)
     if blockers:
         first = blockers[0]
         reason = first.reason

@@ -285,7 +285,7 @@ class Reconciler:
         else:
             root = RenderContext(meta["name"], meta["namespace"], meta.get("uid", ""), spec).storage_root
             new = build_status(spec, meta["name"], root, previous, obs, now)
-            new = with_blocked_condition(new, blockers or [], obs.generation, now)
+            new = with_blocked_condition(new, previous, blockers or [], obs.generation, now)
             old_blocked = next((c for c in previous.conditions if c.type == BLOCKED), None)
             new_blocked = next(c for c in new.conditions if c.type == BLOCKED)
             if new_blocked.status == "True" and (

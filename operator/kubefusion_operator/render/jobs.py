@@ -96,7 +96,8 @@ def build_job(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dic
             }
         )
         extra = ["--shard", f"$(JOB_COMPLETION_INDEX)/{shards}"]
-    if task.stage in ("score", "score-target"):
+    if task.stage in ("score", "score-target", "evaluate"):
+        # evaluate: the candidates answer through their servers; the GPU is the reward model's.
         extra = ["--device", "cuda" if task.uses_gpu else "cpu"]
     vols = pods.volumes(ctx, shm=task.uses_gpu, model=_model(ctx, task))
     container: dict[str, Any] = {

@@ -28,13 +28,14 @@ def _serving(ctx: RenderContext, task: Task) -> tuple[ServingConfig, int | None]
     if task.name.startswith("serve-sources/"):
         source = next(s for s in ctx.spec.sources if s.name == task.endpoint)
         return source.serving, source.sampling.seed
-    return ctx.spec.target.serving, ctx.spec.target.sampling.seed
+    return ctx.spec.target.serving, ctx.spec.target.sampling.seed  # the target and the candidates
 
 
 def server_model(ctx: RenderContext, task: Task) -> str:
-    if task.name == "serve-target":
-        return str(RunLayout(ctx.storage_root).final_model("sft"))
+    """A hub id, or for trained models (train/<stage>/final) their path on the run's volume."""
     assert task.model is not None
+    if task.model.startswith("train/"):
+        return str(RunLayout(ctx.storage_root).root / task.model)
     return task.model
 
 

@@ -52,8 +52,17 @@ def test_tasks_per_recipe() -> None:
         "build",
         "sft",
         "dpo",
+        "serve-candidates/original",
+        "serve-candidates/sft",
+        "serve-candidates/dpo",
         "evaluate",
     ]
+    candidates = {t.name: t for t in plan_tasks(FUSE) if t.name.startswith("serve-candidates/")}
+    assert {n: (t.model, t.endpoint, t.stage) for n, t in candidates.items()} == {
+        "serve-candidates/original": ("demo/models/target", "eval-original", "evaluate"),
+        "serve-candidates/sft": ("train/sft/final", "eval-sft", "evaluate"),
+        "serve-candidates/dpo": ("train/dpo/final", "eval-dpo", "evaluate"),
+    }
     wrpo = [t.name for t in plan_tasks(WRPO)]
     assert wrpo[-6:] == ["sft", "serve-target", "sample-target", "score-target", "build-wrpo", "wrpo"]
     assert "dpo" not in wrpo and "evaluate" not in wrpo
@@ -63,6 +72,7 @@ def test_tasks_per_recipe() -> None:
 
 
 DONE_SAMPLING = {"prepare": S, "sample/adder": S, "sample/reverser": S}
+CANDIDATES_READY = {f"serve-candidates/{c}": RD for c in ("original", "sft", "dpo")}
 
 FUSE_CASES = [
     ("fresh run starts prepare", {}, [("start", "prepare")]),
@@ -103,9 +113,32 @@ FUSE_CASES = [
     ("build done: sft", {**DONE_SAMPLING, "score": S, "build": S}, [("start", "sft")]),
     ("sft done: dpo", {**DONE_SAMPLING, "score": S, "build": S, "sft": S}, [("start", "dpo")]),
     (
-        "dpo done: evaluate",
+        "dpo done: serve every candidate",
         {**DONE_SAMPLING, "score": S, "build": S, "sft": S, "dpo": S},
+        [("start", f"serve-candidates/{c}") for c in ("original", "sft", "dpo")],
+    ),
+    (
+        "candidates starting: evaluate waits for all of them",
+        {
+            **DONE_SAMPLING,
+            "score": S,
+            "build": S,
+            "sft": S,
+            "dpo": S,
+            **CANDIDATES_READY,
+            "serve-candidates/dpo": R,
+        },
+        [],
+    ),
+    (
+        "every candidate ready: evaluate",
+        {**DONE_SAMPLING, "score": S, "build": S, "sft": S, "dpo": S, **CANDIDATES_READY},
         [("start", "evaluate")],
+    ),
+    (
+        "evaluated: the candidates' servers go",
+        {**DONE_SAMPLING, "score": S, "build": S, "sft": S, "dpo": S, **CANDIDATES_READY, "evaluate": S},
+        [("stop", f"serve-candidates/{c}") for c in ("original", "sft", "dpo")],
     ),
     (
         "all done: complete",

@@ -189,3 +189,35 @@ def test_default_caches_and_requests() -> None:
     assert rules == [
         {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     ]
+
+
+def test_evaluation_serves_every_candidate_with_vllm_on_gpus() -> None:
+    from kubefusion_operator.render.configmap import build_config_map
+
+    doc = every_new_field({"pvc": "hf-cache"})
+    doc["spec"]["recipe"] = "fusechat3"
+    doc["spec"]["training"]["dpo"] = {"resources": {"gpusPerNode": 8}}
+    doc["spec"]["training"].pop("wrpo")
+    doc["spec"]["stageDeadlineSeconds"] = {"dpo": 86400}
+    run = validate_document(doc)
+    by_name = {o["metadata"]["name"]: o for o in rendered(run)}
+    name = run.name
+    expected = {
+        "original": "meta-llama/Meta-Llama-3-8B-Instruct",
+        "sft": "/mnt/kubefusion/train/sft/final",
+        "dpo": "/mnt/kubefusion/train/dpo/final",
+    }
+    for candidate, model in expected.items():
+        deploy = by_name[f"{name}-eval-{candidate}"]
+        assert deploy["kind"] == "Deployment"
+        vllm = deploy["spec"]["template"]["spec"]["containers"][0]
+        args = vllm["args"]
+        assert args[args.index("--model") + 1] == model
+        assert args[args.index("--served-model-name") + 1] == f"eval-{candidate}"
+        assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1  # spec.target.serving
+        assert by_name[f"{name}-eval-{candidate}"]["metadata"]["labels"]["kubefusion.dev/stage"] == "evaluate"
+    command = by_name[f"{name}-evaluate"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--include-sources" not in command and command[command.index("--device") + 1] == "cuda"
+    ctx = RenderContext(run.name, "team-a", "uid", run.spec)
+    config = build_config_map(ctx)["data"]["run.yaml"]
+    assert f"eval-sft: http://{name}-eval-sft.team-a.svc:8000/v1" in config

@@ -100,6 +100,13 @@ def _semantic_errors(run: FusionRun) -> list[FieldError]:
             )
         )
     for i, source in enumerate(run.spec.sources):
+        if run.spec.evaluation is not None and source.name.startswith("eval-"):
+            errors.append(
+                FieldError(
+                    f"spec.sources[{i}].name",
+                    "names starting with 'eval-' are taken by the evaluation candidates' servers",
+                )
+            )
         serving = source.serving
         if serving.max_model_len is not None and serving.max_model_len < source.sampling.max_tokens:
             errors.append(

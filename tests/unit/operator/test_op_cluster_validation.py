@@ -41,3 +41,12 @@ def test_stage_deadlines_name_stages_of_the_run() -> None:
         "spec.stageDeadlineSeconds.serve-sources",
         "spec.stageDeadlineSeconds.wrpo",
     ]
+
+
+def test_source_names_do_not_take_an_evaluation_servers_name() -> None:
+    doc = quickstart()
+    doc["spec"]["sources"][0]["name"] = "eval-sft"
+    doc["spec"]["datasets"][0]["sources"] = None
+    with pytest.raises(InvalidFusionRun) as info:
+        validate_document(doc)
+    assert [e.path for e in info.value.errors] == ["spec.sources[0].name"]

@@ -116,6 +116,7 @@ async def step(emu: RecordingEmulator, cluster: Cluster, runs: list[str]) -> tup
 async def bench(count: int, tmp: Path) -> dict:
     doc = yaml.safe_load((REPO / "examples" / "quickstart.yaml").read_text())
     async with emulator_server() as emu:
+        emu.namespaces.add("bench")
         kubeconfig = write_kubeconfig(tmp / f"kubeconfig-{count}", str(emu.url), namespace="bench")
         env = {
             **os.environ,

@@ -20,10 +20,10 @@ from kubefusion_operator.api_pods import (
     Toleration,
 )
 from kubefusion_trainer.config import (
-    NAME_PATTERN,
     CamelModel,
     FusionConfig,
     RunConfig,
+    RunName,
     SourceConfig,
     TargetConfig,
     TrainingHyperparameters,
@@ -196,7 +196,7 @@ class ObjectMeta(CamelModel):
 
     model_config = CamelModel.model_config | {"extra": "allow"}
 
-    name: str = Field(..., min_length=1, max_length=63, pattern=NAME_PATTERN)
+    name: RunName  # the same type RunConfig.name has: whatever one accepts, so does the other
     namespace: str | None = None
     generation: int | None = None
     labels: dict[str, str] | None = None

@@ -80,17 +80,18 @@ def pods_by_task(
 def find_blockers(
     tasks: Iterable[Task],
     states: Mapping[str, TaskState],
-    children: Iterable[Mapping[str, Any]],
+    children: Mapping[str, Iterable[Mapping[str, Any]]],
     pods: Iterable[Mapping[str, Any]],
     events: Iterable[Mapping[str, Any]],
     kinds: Mapping[str, str],
 ) -> list[Blocker]:
-    """Blockers of live tasks. children: the run's workloads; kinds: Kind/name -> task name."""
+    """Blockers of live tasks. children: the run's workloads by kind (list items carry no kind);
+    kinds: Kind/name -> task name."""
     tasks = list(tasks)
     live = {t.name for t in tasks if states.get(t.name) == TaskState.RUNNING}
     blockers: dict[tuple[str, str], Blocker] = {}
-    for child in children:
-        ref = f"{child.get('kind')}/{_meta(child).get('name')}"
+    for kind, child in ((k, c) for k, objs in children.items() for c in objs):
+        ref = f"{kind}/{_meta(child).get('name')}"
         task = kinds.get(ref)
         if task not in live:
             continue

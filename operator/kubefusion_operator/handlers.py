@@ -2,8 +2,18 @@
 
 build_registry(config) returns a fresh kopf registry (so a test or a benchmark can run an operator with
 its own timings). kopf is configured in one @kopf.on.startup handler to keep its bookkeeping in
-annotations (the status schema is typed and belongs to us), never to add finalizers (the only delete
-handler is optional), and to post only our own Kubernetes Events.
+annotations (the status schema is typed and belongs to us), never to add finalizers, and to post only
+our own Kubernetes Events. There are only event handlers (no on.create/update/delete): the operator
+is level-triggered and never reads diffs, so kopf stores no diff base (no
+last-handled-configuration annotation holding the spec) and no per-handler progress.
+
+Login goes through the official client's configuration loader (kube.load_configuration): kopf and
+our own client get the same server, CA, client certificate and token. kopf logs in again on a 401,
+which re-reads a rotated service-account token or re-runs an exec plugin.
+
+A reconcile that raises is retried by the operator itself with capped exponential backoff
+(retry_backoff doubling up to retry_backoff_max) and reported on the FusionRun: a ReconcileFailed
+condition (reason, message) and a Warning Event; the next successful reconcile drops the condition.
 """
 
 from __future__ import annotations
@@ -17,9 +27,9 @@ from typing import Any
 import kopf
 
 from kubefusion_operator.api import GROUP, PLURAL, VERSION
-from kubefusion_operator.kube import KINDS, KubeApi
+from kubefusion_operator.kube import KINDS, KubeApi, connection_info, load_configuration
 from kubefusion_operator.metrics import OperatorMetrics
-from kubefusion_operator.reconcile import ReconcileConfig, Reconciler
+from kubefusion_operator.reconcile import ReconcileConfig, Reconciler, failure_report
 from kubefusion_operator.render.names import DEFAULT_IMAGE, RUN_LABEL
 
 
@@ -34,6 +44,8 @@ class OperatorConfig:
     batch_window: float = 0.1  # kopf's per-object event batching window
     exit_timeout: float = 2.0  # seconds kopf lets running handlers finish when it stops
     scrape: bool = True  # read stage progress from stage pods' metrics endpoints
+    retry_backoff: float = 2.0  # seconds before the first retry of a failed reconcile; doubles each time
+    retry_backoff_max: float = 120.0  # cap of the retry delay
 
 
 CHILD_WATCHES = ("Deployment", "Job", "PyTorchJob")  # children whose events trigger a reconcile
@@ -46,12 +58,21 @@ def _finished(status: Any) -> bool:
     return False
 
 
+def _emitter(body: dict[str, Any]) -> Any:
+    def emit(type_: str, reason: str, message: str) -> None:
+        kopf.event(body, type=type_, reason=reason, message=message)
+
+    return emit
+
+
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        # Unused while there are no on.create/update/delete handlers (kopf then stores no diff base);
+        # kept under our prefix so that such a handler could never write kopf.zalando.org annotations.
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=GROUP, key="last-handled-configuration"
         )
@@ -75,17 +96,22 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         memo.locks = {}
         memo.finished = {}  # namespace/name -> finished? for the runs this operator has seen
         memo.written = {}  # namespace/name -> resourceVersion of our last status write
+        memo.retries = {}  # namespace/name -> (failed attempts in a row, the scheduled retry task)
 
     @kopf.on.login(registry=registry)
-    def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
-        info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
-        if info is not None:
+    async def login(memo: kopf.Memo, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+        try:  # in a thread: an exec plugin may take a while
+            configuration = await asyncio.to_thread(load_configuration)
+        except Exception as exc:  # ConfigException, a failing exec plugin, unreadable files
+            raise kopf.LoginError(f"cannot load Kubernetes credentials: {exc}") from exc
+        if "reconciler" in memo:  # a re-login (kopf saw a 401): same client, new credentials
+            memo.reconciler.api.use_configuration(configuration)
+        else:
+            api = KubeApi.from_configuration(configuration, reload=load_configuration)
             memo.reconciler = Reconciler(
-                KubeApi.from_connection_info(info),
-                ReconcileConfig(config.image, scrape=config.scrape),
-                memo.metrics,
+                api, ReconcileConfig(config.image, scrape=config.scrape), memo.metrics
             )
-        return info
+        return connection_info(configuration, trust_env=settings.networking.trust_env)
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
@@ -98,26 +124,55 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         key = f"{namespace}/{name}"
         lock = memo.locks.setdefault(key, asyncio.Lock())
         async with lock:  # run events, child events and the ticker may race for one run
-            # Read the run inside the lock: the status another reconcile just wrote is the base of ours.
-            body = await memo.reconciler.api.get("FusionRun", namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return
-            memo.metrics.reconciles.inc()
+            memo.finished.setdefault(key, False)  # the ticker and retries know every run from now on
+            body: dict[str, Any] | None = None
             try:
-                status = await memo.reconciler.reconcile(
-                    body,
-                    lambda type_, reason, message: kopf.event(
-                        body, type=type_, reason=reason, message=message
-                    ),
-                    scrape=scrape,
-                )
-            except Exception as exc:
-                memo.metrics.errors.labels(type(exc).__name__).inc()
-                logger.error(f"reconcile of {key} failed: {type(exc).__name__}: {exc}")
+                # Read the run inside the lock: the status another reconcile just wrote is our base.
+                body = await memo.reconciler.api.get("FusionRun", namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    memo.finished.pop(key, None)
+                    return
+                memo.metrics.reconciles.inc()
+                status = await memo.reconciler.reconcile(body, _emitter(body), scrape=scrape)
+            except asyncio.CancelledError:
                 raise
+            except Exception as exc:
+                await failed(memo, key, body, exc, logger)
+                return
+            _attempts, pending = memo.retries.pop(key, (0, None))
+            if pending is not None and pending is not asyncio.current_task():
+                pending.cancel()
             memo.finished[key] = _finished(status)
             if memo.reconciler.written_versions.get(key):
                 memo.written[key] = memo.reconciler.written_versions.pop(key)
+
+    async def failed(
+        memo: kopf.Memo, key: str, body: dict[str, Any] | None, exc: Exception, logger: Any
+    ) -> None:
+        """Report a failed reconcile on the run and schedule its retry (capped exponential backoff)."""
+        memo.metrics.errors.labels(type(exc).__name__).inc()
+        attempts, pending = memo.retries.get(key, (0, None))
+        attempts += 1
+        delay = min(config.retry_backoff * 2 ** (attempts - 1), config.retry_backoff_max)
+        reason, message = failure_report(exc)
+        logger.error(f"reconcile of {key} failed (attempt {attempts}, retry in {delay:g}s): {message}")
+        if pending is None or pending.done() or pending is asyncio.current_task():
+            pending = asyncio.get_running_loop().create_task(retry_later(memo, key, delay, logger))
+        memo.retries[key] = (attempts, pending)
+        if body is None:
+            return  # the run could not even be read: nothing to report on yet
+        with contextlib.suppress(Exception):  # the API may be what is failing: the retry reports again
+            await memo.reconciler.report_failure(
+                body, reason, f"{message} (attempt {attempts}, retry in {delay:g}s)"
+            )
+            _emitter(body)("Warning", reason, message[:1000])
+        if memo.reconciler.written_versions.get(key):
+            memo.written[key] = memo.reconciler.written_versions.pop(key)
+
+    async def retry_later(memo: kopf.Memo, key: str, delay: float, logger: Any) -> None:
+        await asyncio.sleep(delay)
+        namespace, name = key.split("/", 1)
+        await reconcile(memo, namespace, name, logger, scrape=True)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
     async def run_event(
@@ -144,14 +199,12 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         memo.locks.pop(key, None)
         memo.finished.pop(key, None)
         memo.written.pop(key, None)
+        _attempts, pending = memo.retries.pop(key, (0, None))
+        if pending is not None:
+            pending.cancel()
         deleted = await memo.reconciler.cleanup(namespace, name)
         if deleted:
             logger.info(f"deleted {deleted} children of FusionRun {key}")
-
-    @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True, registry=registry)
-    async def run_deleted(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-        # optional=True: no finalizer is added, so a stopped operator never blocks a deletion.
-        await cleanup(body["metadata"]["namespace"], body["metadata"]["name"], memo, logger)
 
     async def tick(memo: kopf.Memo, logger: Any) -> None:
         # Not a kopf.timer: kopf puts a finalizer on objects with timers, which would block deleting
@@ -159,7 +212,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         while True:
             await asyncio.sleep(config.progress_interval)
             for key, finished in list(memo.finished.items()):
-                if not finished:
+                if not finished and key not in memo.retries:  # a failing run waits for its backoff
                     namespace, name = key.split("/", 1)
                     with contextlib.suppress(Exception):  # counted and logged; the next tick retries
                         await reconcile(memo, namespace, name, logger, scrape=True)
@@ -168,6 +221,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     async def stop_ticker(memo: kopf.Memo, **_: Any) -> None:
         if "ticker" in memo:
             memo.ticker.cancel()
+        for _attempts, pending in memo.retries.values():
+            pending.cancel()
 
     for kind_name in CHILD_WATCHES:
         kind = KINDS[kind_name]

@@ -1,6 +1,7 @@
 """From a run's child objects to planner task states and failure details. Pure.
 
-The inverse of render/: each child names its task in the kubefusion.dev/task annotation.
+The inverse of render/: each child names its task in the kubefusion.dev/task annotation. Children
+come grouped by the kind they were listed as: a real API server's list items carry no kind/apiVersion.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def task_of(obj: Mapping[str, Any]) -> str | None:
     return ((obj.get("metadata") or {}).get("annotations") or {}).get(TASK_ANNOTATION)
 
 
-def child_ref(obj: Mapping[str, Any]) -> str:
-    return f"{obj['kind']}/{obj['metadata']['name']}"
+def child_ref(kind: str, obj: Mapping[str, Any]) -> str:
+    return f"{kind}/{obj['metadata']['name']}"
 
 
 def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
@@ -73,7 +74,7 @@ def deployment_state(deploy: Mapping[str, Any]) -> TaskState:
     return TaskState.RUNNING
 
 
-def failure_of(obj: Mapping[str, Any], task: str) -> ChildFailure:
+def failure_of(kind: str, obj: Mapping[str, Any], task: str) -> ChildFailure:
     cond = None
     for type_ in ("Failed", "FailureTarget"):
         cond = cond or _condition(obj, type_)
@@ -82,40 +83,43 @@ def failure_of(obj: Mapping[str, Any], task: str) -> ChildFailure:
             (c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Progressing"),
             {},
         )
-    return ChildFailure(task, child_ref(obj), cond.get("reason") or "Failed", cond.get("message") or "")
+    return ChildFailure(task, child_ref(kind, obj), cond.get("reason") or "Failed", cond.get("message") or "")
 
 
 def observe(
     tasks: Iterable[Task],
-    children: Iterable[Mapping[str, Any]],
+    children: Mapping[str, Iterable[Mapping[str, Any]]],
     persisted: Mapping[str, str],
     *,
     queued_by_kueue: bool = False,
 ) -> tuple[dict[str, TaskState], dict[str, list[str]], list[ChildFailure]]:
     """Task states, each task's live children (Kind/name), and failures, from the children and the status.
 
+    `children` maps a kind to the objects listed for it (kind -> items).
+
     A task with no child keeps a Succeeded or Failed state the status recorded (finished work is never
     redone, even when someone deleted its Job); otherwise it is Pending.
     """
     tasks = list(tasks)
-    by_task: dict[str, list[Mapping[str, Any]]] = {}
-    for obj in children:
-        name = task_of(obj)
-        terminating = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
-        if terminating and obj.get("kind") in ("Job", "PyTorchJob"):
-            continue  # being removed for a retry: the task is as good as cleared
-        if name is not None:
-            by_task.setdefault(name, []).append(obj)
+    by_task: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for kind, objs in children.items():
+        for obj in objs:
+            name = task_of(obj)
+            terminating = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
+            if terminating and kind in ("Job", "PyTorchJob"):
+                continue  # being removed for a retry: the task is as good as cleared
+            if name is not None:
+                by_task.setdefault(name, []).append((kind, obj))
     states: dict[str, TaskState] = {}
     refs: dict[str, list[str]] = {}
     failures: list[ChildFailure] = []
     for task in tasks:
         objs = by_task.get(task.name, [])
-        refs[task.name] = sorted(child_ref(o) for o in objs)
+        refs[task.name] = sorted(child_ref(kind, o) for kind, o in objs)
         main_kind = {TaskKind.SERVER: "Deployment", TaskKind.TRAIN: "PyTorchJob", TaskKind.JOB: "Job"}[
             task.kind
         ]
-        main = next((o for o in objs if o.get("kind") == main_kind), None)
+        main = next((o for kind, o in objs if kind == main_kind), None)
         recorded = persisted.get(task.name)
         if main is None:
             keep = task.kind != TaskKind.SERVER and recorded in (TaskState.SUCCEEDED, TaskState.FAILED)
@@ -129,6 +133,6 @@ def observe(
         else:
             state = job_state(main, queued_by_kueue=queued_by_kueue)
         if state == TaskState.FAILED and main is not None:
-            failures.append(failure_of(main, task.name))
+            failures.append(failure_of(main_kind, main, task.name))
         states[task.name] = state
     return states, refs, failures

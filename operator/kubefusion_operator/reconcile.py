@@ -19,7 +19,7 @@ from kubefusion_operator.blockers import (
     spare_waiting_servers,
     with_blocked_condition,
 )
-from kubefusion_operator.kube import CHILD_KINDS, KubeApi
+from kubefusion_operator.kube import CHILD_KINDS, ApiError, KubeApi
 from kubefusion_operator.metrics import OperatorMetrics
 from kubefusion_operator.observe import ChildFailure, observe
 from kubefusion_operator.planner import (
@@ -37,7 +37,13 @@ from kubefusion_operator.render.pytorchjob import build_pytorchjob
 from kubefusion_operator.render.serving import STARTUP_BUDGET_SECONDS, build_deployment
 from kubefusion_operator.render.task import build_task_children
 from kubefusion_operator.scrape import UNITS, scrape_progress
-from kubefusion_operator.status import Observation, build_status, invalid_spec_status, previous_status
+from kubefusion_operator.status import (
+    Observation,
+    build_status,
+    invalid_spec_status,
+    previous_status,
+    reconcile_failed_status,
+)
 from kubefusion_operator.validation import InvalidFusionRun, validate_document
 
 OBSERVED_KINDS = ("Deployment", "Job", "PyTorchJob")  # the objects whose state is a task's state
@@ -71,6 +77,31 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 def _kueue_owns(ctx: RenderContext, task: Task) -> bool:
     """Kueue admits (and unsuspends) the run's batch workloads; servers are scaled, not suspended."""
     return bool(ctx.spec.queue_name) and task.kind != TaskKind.SERVER
+
+
+class ChildRefused(Exception):
+    """The API server refused to create or change a child (invalid, quota, admission, RBAC)."""
+
+    def __init__(self, verb: str, child: str, error: ApiError) -> None:
+        super().__init__(
+            f"{verb} {child} refused by the API server: {error.status} {error.reason}: {error.message}"
+        )
+        self.child = child
+        self.error = error
+
+
+def failure_report(exc: BaseException) -> tuple[str, str]:
+    """(reason, message) of a failed reconcile for the ReconcileFailed condition and its Event."""
+    if isinstance(exc, ChildRefused):
+        return "ChildRefused", str(exc)
+    if isinstance(exc, ApiError):
+        return "ApiError", f"the API server answered {exc}"
+    return "ReconcileError", f"{type(exc).__name__}: {exc}"
+
+
+def _refusal(exc: ApiError) -> bool:
+    """A 4xx that will not go away by retrying at once (not 404/409, which callers handle)."""
+    return 400 <= exc.status < 500 and exc.status not in (404, 409, 429)
 
 
 def _unit(task: Task) -> str:
@@ -114,9 +145,8 @@ class Reconciler:
         spec = run.spec
         ctx = RenderContext(name, namespace, meta["uid"], spec, image=self.config.image)
         tasks = plan_tasks(spec)
-        children: list[dict[str, Any]] = []
-        for kind in OBSERVED_KINDS:
-            children += await self.api.list(kind, namespace, {RUN_LABEL: name})
+        # Items of a list carry no kind: keep what was listed with each object.
+        children = {kind: await self.api.list(kind, namespace, {RUN_LABEL: name}) for kind in OBSERVED_KINDS}
         states, refs, failures = observe(
             tasks, children, previous.tasks, queued_by_kueue=bool(spec.queue_name)
         )
@@ -216,7 +246,14 @@ class Reconciler:
         return phase, failure
 
     async def _create(self, obj: dict[str, Any]) -> bool:
-        created = await self.api.create(obj)
+        try:
+            created = await self.api.create(obj)
+        except ApiError as exc:
+            if (
+                _refusal(exc) or exc.status == 404
+            ):  # 404: the kind is not served (CRD missing) or no namespace
+                raise ChildRefused("create", f"{obj['kind']}/{obj['metadata']['name']}", exc) from exc
+            raise
         if created:
             self.metrics.children_created.labels(obj["kind"]).inc()
         return created
@@ -229,7 +266,7 @@ class Reconciler:
     async def _set_suspended(self, ctx: RenderContext, task: Task, suspended: bool) -> None:
         if task.kind == TaskKind.SERVER:
             deploy = build_deployment(ctx, task, suspended=suspended)
-            await self.api.patch(
+            await self._patch_child(
                 "Deployment",
                 ctx.namespace,
                 deploy["metadata"]["name"],
@@ -237,7 +274,7 @@ class Reconciler:
             )
         elif task.kind == TaskKind.TRAIN:
             job = build_pytorchjob(ctx, task)
-            await self.api.patch(
+            await self._patch_child(
                 "PyTorchJob",
                 ctx.namespace,
                 job["metadata"]["name"],
@@ -245,7 +282,7 @@ class Reconciler:
             )
         else:
             for obj in build_task_children(ctx, task):
-                await self.api.patch(
+                await self._patch_child(
                     "Job", ctx.namespace, obj["metadata"]["name"], {"spec": {"suspend": suspended}}
                 )
 
@@ -256,7 +293,7 @@ class Reconciler:
         tasks: list[Task],
         states: dict[str, TaskState],
         refs: dict[str, list[str]],
-        children: list[dict[str, Any]],
+        children: dict[str, list[dict[str, Any]]],
     ) -> tuple[list[dict[str, Any]] | None, list[Blocker]]:
         """Pods that cannot be created or scheduled (blockers.py); the run's pods when they were listed."""
         waiting = any(s == TaskState.RUNNING for s in states.values())
@@ -268,6 +305,38 @@ class Reconciler:
         events = await self.api.list("Event", namespace, {}, fields={"reason": "FailedCreate"})
         kinds = {ref: task for task, task_refs in refs.items() for ref in task_refs}
         return pods, find_blockers(tasks, states, children, pods, events, kinds)
+
+    async def _patch_child(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        try:
+            await self.api.patch(kind, namespace, name, patch)
+        except ApiError as exc:
+            if _refusal(exc):
+                raise ChildRefused("patch", f"{kind}/{name}", exc) from exc
+            raise
+
+    async def report_failure(self, body: dict[str, Any], reason: str, message: str) -> bool:
+        """Write a ReconcileFailed condition on the run; whether the status changed."""
+        meta = body["metadata"]
+        previous = previous_status(body.get("status"))
+        generation = int(meta.get("generation") or 1)
+        new = reconcile_failed_status(previous, reason, message, generation, _now())
+        return await self._patch_status(meta, as_dict(previous), as_dict(new))
+
+    async def _patch_status(self, meta: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> bool:
+        if old == new:
+            return False
+        written = await self.api.patch(
+            "FusionRun",
+            meta["namespace"],
+            meta["name"],
+            {"status": merge_patch(old, new)},
+            subresource="status",
+        )
+        if written:
+            self.written_versions[f"{meta['namespace']}/{meta['name']}"] = written["metadata"].get(
+                "resourceVersion"
+            )
+        return True
 
     async def _write_status(
         self,
@@ -294,15 +363,7 @@ class Reconciler:
             ):
                 emit("Warning", new_blocked.reason, new_blocked.message[:1000])
         self._record_transitions(previous, new, emit, now)
-        old_dict, new_dict = as_dict(previous), as_dict(new)
-        if old_dict != new_dict:
-            patch = {"status": merge_patch(old_dict, new_dict)}
-            written = await self.api.patch(
-                "FusionRun", meta["namespace"], meta["name"], patch, subresource="status"
-            )
-            if written:
-                key = f"{meta['namespace']}/{meta['name']}"
-                self.written_versions[key] = written["metadata"].get("resourceVersion")
+        await self._patch_status(meta, as_dict(previous), as_dict(new))
         return new
 
     def _record_transitions(self, previous: Any, new: Any, emit: Emit, now: datetime.datetime) -> None:

@@ -7,6 +7,8 @@ Conditions (all set from the first reconcile on, each with observedGeneration):
     Succeeded    True   True       False   False                    False    False
     Failed       False  False      True    False                    True     False
 Reconciling mirrors Progressing for kstatus (Flux); Argo CD reads them through argocd/health.lua.
+ReconcileFailed (True, with the error's reason and message) appears while reconciles fail and the
+operator retries with backoff; the next successful reconcile drops it (build_status never carries it).
 """
 
 from __future__ import annotations
@@ -222,6 +224,27 @@ def build_status(
         message=message,
         tasks={k: v for k, v in task_states.items() if v != "Pending"},  # type: ignore[misc]
     )
+
+
+RECONCILE_FAILED = "ReconcileFailed"
+
+
+def reconcile_failed_status(
+    previous: FusionRunStatus, reason: str, message: str, generation: int, now: datetime
+) -> FusionRunStatus:
+    """The previous status plus a ReconcileFailed condition (its transition time kept while it holds)."""
+    new = previous.model_copy(deep=True)
+    old = next((c for c in previous.conditions if c.type == RECONCILE_FAILED), None)
+    condition = Condition(
+        type=RECONCILE_FAILED,
+        status="True",
+        reason=reason,
+        message=message[:32768],
+        last_transition_time=old.last_transition_time if old and old.status == "True" else now,
+        observed_generation=generation,
+    )
+    new.conditions = [c for c in previous.conditions if c.type != RECONCILE_FAILED] + [condition]
+    return new
 
 
 def invalid_spec_status(previous: FusionRunStatus, obs: Observation, now: datetime) -> FusionRunStatus:

@@ -25,6 +25,17 @@ Name = Annotated[
         description="A DNS-1123 label (lower case letters, digits, '-'), at most 40 characters.",
     ),
 ]
+RUN_NAME_MAX = 63  # a DNS-1123 label: the run name is a label value and the prefix of every child name
+RunName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=RUN_NAME_MAX,
+        pattern=NAME_PATTERN,
+        description="A DNS-1123 label (lower case letters, digits, '-'), at most 63 characters: the "
+        "FusionRun's metadata.name, used as a label value and as the prefix of child names.",
+    ),
+]
 ModelRef = Annotated[
     str,
     Field(
@@ -374,7 +385,7 @@ class RunConfig(CamelModel):
     The operator renders it into a ConfigMap; the single-machine runner writes it to a file.
     """
 
-    name: Name = Field(..., description="The run's name (the FusionRun's metadata.name).")
+    name: RunName = Field(..., description="The run's name (the FusionRun's metadata.name).")
     storage_root: str = Field(..., min_length=1, description="Root of the run's storage (a mounted path).")
     endpoints: dict[str, str] = Field(
         default_factory=dict,

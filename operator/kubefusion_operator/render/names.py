@@ -1,4 +1,15 @@
-"""Deterministic child names, labels and the shared render context."""
+"""Deterministic child names, labels and the shared render context.
+
+Name budget: a child name and every name Kubernetes or a training operator derives from it must be a
+DNS label (<= 63 characters). Derived names append a suffix to the child's name:
+- Indexed Job pods get the hostname `<job>-<index>` (index < 100000, Kubernetes' completions limit);
+- PyTorchJob Services and pods are `<job>-master-0` and `<job>-worker-<i>`;
+- Trainer v2 TrainJobs run a JobSet whose pods are `<trainjob>-<replicatedJob>-<jobIndex>-<podIndex>`
+  (replicated jobs `node`, `dataset-initializer`, `model-initializer`).
+So each task kind's children are truncated to 63 minus the longest suffix derived from them (with a
+hash of the full name, so names stay unique). The run name itself is at most 63 characters (it is a
+label value), which the CRD enforces with a CEL rule (crd.name_rule).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubefusion_operator.api import API_VERSION, GROUP, KIND, FusionRunSpec
-from kubefusion_operator.planner import Task
+from kubefusion_operator.planner import Task, TaskKind
+from kubefusion_trainer.config import StageResources
 
 MAX_NAME = 63  # DNS-1123 label: Service names, Job names (they become pod labels), container names
 RUN_LABEL = f"{GROUP}/run"
@@ -28,9 +40,29 @@ def truncated(name: str, limit: int = MAX_NAME) -> str:
     return f"{name[: limit - 9].rstrip('-')}-{digest}"
 
 
-def child_name(run: str, suffix: str) -> str:
-    name = truncated(f"{run}-{suffix}")
-    return name if name[0].isalpha() else truncated(f"kf-{name}")  # Services need a leading letter
+MAX_NODES = next(m.le for m in StageResources.model_fields["nodes"].metadata if hasattr(m, "le"))
+MAX_JOB_INDEX = 99_999  # Kubernetes caps Indexed Job completions at 100000
+# Longest suffix Kubernetes or a training operator appends to a child of each task kind.
+DERIVED_SUFFIXES: dict[str, tuple[str, ...]] = {
+    TaskKind.SERVER: (),  # Deployment pods use generateName, which Kubernetes truncates itself
+    TaskKind.JOB: (f"-{MAX_JOB_INDEX}",),
+    TaskKind.TRAIN: (
+        f"-worker-{MAX_NODES - 1}",  # PyTorchJob Services/pods
+        f"-node-0-{MAX_NODES - 1}",  # TrainJob (JobSet) pods
+        "-dataset-initializer-0-0",
+        "-model-initializer-0-0",
+    ),
+}
+NAME_RESERVE = {
+    kind: max((len(s) for s in suffixes), default=0) for kind, suffixes in DERIVED_SUFFIXES.items()
+}
+
+
+def child_name(run: str, suffix: str, reserve: int = 0) -> str:
+    """`<run>-<suffix>`, leaving `reserve` characters for names derived from it."""
+    limit = MAX_NAME - reserve
+    name = truncated(f"{run}-{suffix}", limit)
+    return name if name[0].isalpha() else truncated(f"kf-{name}", limit)  # Services need a leading letter
 
 
 def task_suffix(task: Task) -> str:
@@ -45,7 +77,7 @@ def task_suffix(task: Task) -> str:
 
 
 def task_child_name(run: str, task: Task) -> str:
-    return child_name(run, task_suffix(task))
+    return child_name(run, task_suffix(task), NAME_RESERVE.get(task.kind, max(NAME_RESERVE.values())))
 
 
 def config_map_name(run: str) -> str:

@@ -54,9 +54,11 @@ async def operator_running(
     config: OperatorConfig | None = None,
     metrics: OperatorMetrics | None = None,
     namespaces: list[str] | None = None,
+    kubeconfig: Path | None = None,
 ) -> AsyncIterator[OperatorMetrics]:
-    """The real kopf operator in this event loop, logged in through a kubeconfig; cancelled on exit."""
-    kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(emulator.url))
+    """The real kopf operator in this event loop, logged in through a kubeconfig (by default one with a
+    token for the emulator's plain-HTTP URL); cancelled on exit."""
+    kubeconfig = kubeconfig or write_kubeconfig(tmp_path / "kubeconfig", str(emulator.url))
     old = os.environ.get("KUBECONFIG")
     os.environ["KUBECONFIG"] = str(kubeconfig)
     metrics = metrics or OperatorMetrics()

@@ -1,20 +1,51 @@
 """A Kubernetes API emulator for the operator's tests, recording every request it serves.
 
-kmock.KubernetesEmulator is an in-memory API server over real HTTP. This subclass makes it behave like
-a real API server where kopf, kubectl and our client rely on it:
-- create fills metadata.uid, resourceVersion, generation, creationTimestamp, namespace (and a name
-  from generateName) and answers 201; a second create of the same name answers 409;
-- every write bumps resourceVersion; generation grows when anything outside metadata/status changes;
-- PATCH takes merge patches and JSON patches (a failed `test` op answers 422); writes to /status
-  change only .status, and writes to the main resource leave .status alone when the resource has a
-  status subresource; PUT replaces (409 on a stale resourceVersion);
+kmock.KubernetesEmulator is an in-memory API server over real HTTP. This subclass behaves like
+kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and the test proving it
+(test_op_emulator.py unless named otherwise):
+- lists say their kind (JobList) but their items carry no kind/apiVersion; gets and watch events do
+  (create fills them from the path; a body naming another kind is 400)
+  -> test_list_items_carry_no_kind_but_gets_and_watches_do, test_requests_a_real_server_refuses;
+- a group/version/resource the server does not serve (no CRD; `withdraw(key)` un-serves one,
+  `declare(...)` serves one) answers 404 with the text/plain body `404 page not found`, discovery
+  included -> test_unserved_paths_answer_plain_text_404;
+- a served kind's missing object answers 404 with a Status (reason NotFound, `jobs.batch "x" not
+  found`); a create of an existing name answers 409 AlreadyExists
+  -> test_missing_object_is_a_status_404_and_duplicates_409;
+- a PUT, or a PATCH carrying metadata.resourceVersion, with a stale resourceVersion answers 409
+  Conflict -> test_stale_resource_versionconflicts;
+- create fills uid, resourceVersion, generation, creationTimestamp (and a name from generateName) and
+  answers 201; every write bumps resourceVersion (a deletion too); generation grows when anything
+  outside metadata/status changes -> test_create_fills_metadata_and_patch_bumps_versions;
+- PATCH takes merge and JSON patches by Content-Type (strategic merge only for built-in kinds, handled
+  as a merge patch; anything else, server-side apply included, is 415) and a failed `test` op is
+  422 -> test_patch_needs_a_patch_media_type; /status writes change only .status
+  and main-resource writes leave .status alone when there is a status subresource
+  -> test_status_subresource_and_recording;
+- a create must name the path's namespace (another one in the body is 400), go to a namespaced path
+  (POST to /api/v1/configmaps is 405) and to a namespace that exists (`namespaces`, or a stored
+  Namespace; else 404 `namespaces "x" not found`) -> test_requests_a_real_server_refuses;
+- label selectors are honoured on lists and watches: =, ==, !=, exists, !exists, `in (...)`,
+  `notin (...)`; an unparsable one is 400 -> test_label_selectors, test_requests_a_real_server_refuses;
+- watches: without resourceVersion (or "0") every existing object comes as ADDED, then changes; with
+  one, only the changes after it (from the history); a resourceVersion older than the history
+  (`compact()`, or more than history_limit events ago) gets an ERROR event with a 410 Expired Status;
+  allowWatchBookmarks=true brings BOOKMARK events every bookmark_interval seconds; timeoutSeconds
+  ends the stream -> test_watch_resumes_from_a_resource_version, test_watch_from_a_compacted_version_is_410gone,
+  test_watchbookmarks_and_timeout;
+- admission: checks in `admission_checks` see every create/patch/update before it is stored and
+  refuse it with `refuse(code, reason, message)`; `emulator_server()` turns on emulator_admission.names
+  (DNS names per kind, Indexed Job hostnames, PyTorchJob Services) -> test_op_emulator_names.py;
 - DELETE honours finalizers (deletionTimestamp, then gone when they are removed);
-- lists carry kind/apiVersion/resourceVersion and honour equality label selectors (a=b, a!=b, a, !a);
-- /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents;
+- /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents (kubectl);
 - a create whose ownerReferences set blockOwnerDeletion records the authorization check kube-apiserver's
   OwnerReferencesPermissionEnforcement plugin makes: `update` on the owner's `finalizers` subresource
-  (so RBAC derived from the recorded requests grants it; emulator_admission/rbac.py enforces it).
-Like kmock it has no garbage collection by ownerReference and no schema validation.
+  (so RBAC derived from the recorded requests grants it; emulator_admission/rbac.py enforces it)
+  -> test_op_rbac.py, test_op_admission.py::test_rbac_refuses_what_the_chart_does_not_grant.
+Not emulated: garbage collection by ownerReference, watch events for objects that stop matching a
+selector, server-side apply. Schema validation (emulator_admission/schema.py), Pod Security
+(emulator_admission/pod_security.py) and RBAC (emulator_admission/rbac.py) are admission modules a test
+turns on.
 
 Recording (for RBAC derivation, e.g. by the Helm chart's tests)::
 
@@ -52,6 +83,9 @@ import jsonpatch
 import kmock
 import pytest_asyncio
 import yaml
+from emulator_labels import parse_selector
+from emulator_status import PAGE_NOT_FOUND, conflict, group_version, not_found, qualified
+from emulator_watch import stream_watch
 from kmock._internal import dicts, k8s, rendering
 
 # (group/version/plural, kind, namespaced, subresources)
@@ -93,22 +127,11 @@ def _status_error(code: int, reason: str, message: str) -> k8s.KubernetesError:
     return k8s.KubernetesError(status=code, reason=reason, message=message, details={})
 
 
-def _selector_matches(selector: str, labels: dict[str, str]) -> bool:
-    for term in filter(None, (t.strip() for t in selector.split(","))):
-        if "!=" in term:
-            key, value = term.split("!=", 1)
-            if labels.get(key) == value:
-                return False
-        elif "=" in term:
-            key, value = term.replace("==", "=").split("=", 1)
-            if labels.get(key) != value:
-                return False
-        elif term.startswith("!"):
-            if term[1:] in labels:
-                return False
-        elif term not in labels:
-            return False
-    return True
+def _selector(request: rendering.Request) -> Callable[[dict[str, str]], bool]:
+    try:
+        return parse_selector(request.params.get("labelSelector", ""))
+    except ValueError as exc:
+        raise _status_error(400, "BadRequest", str(exc)) from None
 
 
 def _method(request: rendering.Request) -> str:
@@ -124,6 +147,28 @@ def _rbac_verb(request: rendering.Request) -> str:
     if method == "DELETE":
         return "delete" if request.name else "deletecollection"
     return {"POST": "create", "PATCH": "patch", "PUT": "update"}.get(method, method.lower())
+
+
+def _patch_media_type_error(request: rendering.Request) -> k8s.KubernetesError | None:
+    """415 for a PATCH whose Content-Type is no patch format the server takes for this resource.
+
+    Strategic merge patches exist only for built-in kinds (not custom resources); server-side apply is
+    not emulated, so it is refused rather than applied with the wrong semantics.
+    """
+    group = request.resource.group or ""
+    builtin = "." not in group or group.endswith(".k8s.io")
+    accepted = ["application/json-patch+json", "application/merge-patch+json"]
+    if builtin:
+        accepted.append("application/strategic-merge-patch+json")
+    media_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+    if media_type in accepted:
+        return None
+    return _status_error(
+        415,
+        "UnsupportedMediaType",
+        "the body of the request was in an unknown format - accepted media types include: "
+        + ", ".join(accepted),
+    )
 
 
 class Admission(NamedTuple):
@@ -153,13 +198,22 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.api_requests: list[ApiRequest] = []
         self.api_request_agents: list[str] = []  # the User-Agent of each recorded request
-        self.namespaces: set[str] = {"default", "ns1", "ns2"}  # besides those of stored objects
+        # Namespaces that exist besides stored Namespace objects: creates elsewhere are 404.
+        self.namespaces: set[str] = {"default", "ns1", "ns2"}
         # resource -> (namespace, name) -> object: lists and fetches without scanning every object.
         self._index: dict[Any, dict[tuple[str | None, str], Any]] = {}
         # Every write as the watchers see it, in order: (ADDED|MODIFIED|DELETED, plural, name).
         self.timeline: list[tuple[str, str, str]] = []
         self.timeline_times: list[float] = []  # time.monotonic() of each timeline entry
         self._rv = itertools.count(1000)
+        self._last_rv = 999  # the latest resourceVersion handed out (a list's resourceVersion)
+        # Watch history, as etcd keeps it: (resourceVersion, resource, event), oldest first. Watches
+        # resume from any resourceVersion still in it; older ones get 410 Gone (see compact()).
+        self._events: list[tuple[int, Any, dict[str, Any]]] = []
+        self._compacted_rv = 0  # events up to this resourceVersion are gone from the history
+        self.history_limit = 20000  # events kept before the oldest half is compacted away
+        self.bookmark_interval = 1.0  # seconds between BOOKMARK events on watches that allow them
+        self._changed = asyncio.Event()  # set (and replaced) on every event, to wake watchers
         # Admission: each check sees every write before it is stored and refuses it by raising a
         # k8s.KubernetesError (use `refuse()`); checks live in their own modules (emulator_admission/).
         self.admission_checks: list[AdmissionCheck] = []
@@ -187,6 +241,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     def declare(
         self, key: str, kind: str, *, namespaced: bool = True, subresources: Iterable[str] = ()
     ) -> None:
+        """Serve a resource ("group/version/plural"), as installing its CRD would."""
         self.resources[key] = kmock.ResourceInfo(
             kind=kind,
             singular=kind.lower(),
@@ -194,6 +249,35 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             subresources=set(subresources),
             verbs={"get", "list", "watch", "create", "patch", "update", "delete"},
         )
+
+    def withdraw(self, key: str) -> None:
+        """Stop serving a resource, as deleting its CRD would: its paths and discovery answer 404
+        `404 page not found` (text/plain) and its objects are gone."""
+        resource = kmock.resource(key)
+        for known in list(self.resources):
+            if known == resource:
+                del self.resources[known]
+        for stored in self._index.pop(resource, {}).values():
+            if not stored.deleted:
+                stored.delete()
+
+    @staticmethod
+    def selector(request: rendering.Request) -> Callable[[dict[str, str]], bool]:
+        return _selector(request)
+
+    def compact(self) -> int:
+        """Drop the watch history (as etcd compaction does); the resourceVersion watches now need."""
+        self._events.clear()
+        self._compacted_rv = self._last_rv
+        return self._compacted_rv
+
+    def _next_rv(self) -> str:
+        self._last_rv = next(self._rv)
+        return str(self._last_rv)
+
+    def namespace_exists(self, name: str) -> bool:
+        """A namespace of `namespaces` (the test's) or a stored Namespace object."""
+        return name in self.namespaces or self.find("v1/namespaces", None, name) is not None
 
     def live(self, key: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """The objects of a resource ("apps/v1/deployments") that exist now."""
@@ -229,7 +313,20 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     async def _publish(self, resource: kmock.resource, type_: str, obj: dict[str, Any]) -> None:
         self.timeline.append((type_, resource.plural, obj["metadata"]["name"]))
         self.timeline_times.append(time.monotonic())
-        await self._buses[resource].put({"type": type_, "object": obj})
+        self._events.append(
+            (int(obj["metadata"]["resourceVersion"]), resource, {"type": type_, "object": obj})
+        )
+        if len(self._events) > self.history_limit:
+            dropped = self._events[: self.history_limit // 2]
+            del self._events[: self.history_limit // 2]
+            self._compacted_rv = dropped[-1][0]
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _render_error(self, exc: Exception) -> aiohttp.web.StreamResponse:
+        if isinstance(exc, k8s.KubernetesResourceNotFoundError | k8s.KubernetesEndpointNotFoundError):
+            return aiohttp.web.Response(status=404, text=PAGE_NOT_FOUND, content_type="text/plain")
+        return await super()._render_error(exc)
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         # kmock cannot parse /api/v1/namespaces (it takes "namespaces" for a namespace prefix): kopf asks
@@ -245,10 +342,8 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 {
                     "apiVersion": "v1",
                     "kind": "NamespaceList",
-                    "metadata": {"resourceVersion": str(next(self._rv))},
-                    "items": [
-                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in names
-                    ],
+                    "metadata": {"resourceVersion": str(self._last_rv)},
+                    "items": [{"metadata": {"name": n}} for n in names],
                 }
             )
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -280,9 +375,17 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 request.namespace is not None or namespaced,
             )
         )
-        if info is None:
+        if info is None:  # not served (no CRD): the plain-text 404 of an unknown path
             return await self._render_error(k8s.KubernetesResourceNotFoundError())
         method = _method(request)
+        if method == "POST" and request.name is None and info.namespaced and request.namespace is None:
+            return await self._render_error(
+                _status_error(
+                    405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+                )
+            )
+        if method == "PATCH" and (refusal := _patch_media_type_error(request)):
+            return await self._render_error(refusal)
         try:
             async with self._lock:
                 if method == "POST" and request.name is None:
@@ -310,7 +413,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         # Reads are served directly: kmock's generic matching scans every past request (quadratic).
         try:
             if method == "GET" and request.params.get("watch") in ("true", "1"):
-                return await self._stream_watch(request)
+                return await stream_watch(self, request)
             if method == "GET" and request.name and not request.subresource:
                 return aiohttp.web.json_response(await self._serve_fetch(request))
             if method == "GET" and not request.name:
@@ -319,46 +422,57 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             return await self._render_error(exc)
         return await kmock.RawHandler._handle(self, request)
 
-    async def _stream_watch(self, request: rendering.Request) -> aiohttp.web.StreamResponse:
-        raw = request._raw_request
-        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
-        await response.prepare(raw)
-        selector = request.params.get("labelSelector", "")
-        async for event in self._serve_watch(request):
-            if not isinstance(event, dict):
-                continue  # kmock's first yield only flushes the headers
-            labels = (event.get("object") or {}).get("metadata", {}).get("labels") or {}
-            if _selector_matches(selector, labels):
-                await response.write(json.dumps(event).encode() + b"\n")
-        return response
-
     def _stored(self, resource: kmock.resource, namespace: str | None, name: str) -> Any:
         key = (resource, namespace, name)
         if key not in self.objects or self.objects[key].deleted:
-            raise _status_error(404, "NotFound", f'{resource.plural} "{name}" not found')
+            raise not_found(resource, name)
         return self.objects[key]
 
     async def _create(self, request: rendering.Request, info: kmock.ResourceInfo) -> dict[str, Any]:
         data = copy.deepcopy(request.data)
         if not isinstance(data, dict):
             raise _status_error(400, "BadRequest", "the body is not a JSON object")
+        api_version = group_version(request.resource)
+        if data.get("kind", info.kind) != info.kind or data.get("apiVersion", api_version) != api_version:
+            raise _status_error(
+                400,
+                "BadRequest",
+                f"the API version in the data ({data.get('apiVersion')}) and kind ({data.get('kind')}) "
+                f"do not match {api_version} {info.kind}",
+            )
+        data["apiVersion"], data["kind"] = api_version, info.kind
         meta = data.setdefault("metadata", {})
+        if info.namespaced and meta.get("namespace") and meta["namespace"] != request.namespace:
+            raise _status_error(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the request",
+            )
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
         if not meta.get("name"):
             raise _status_error(422, "Invalid", "metadata.name: Required value")
         if info.namespaced:
-            meta["namespace"] = request.namespace or meta.get("namespace") or "default"
+            meta["namespace"] = request.namespace
+            if not self.namespace_exists(request.namespace):
+                raise not_found(kmock.resource("v1/namespaces"), request.namespace)
         namespace = meta.get("namespace") if info.namespaced else None
         key = (request.resource, namespace, meta["name"])
         if key in self.objects and not self.objects[key].deleted:
-            raise _status_error(
-                409, "AlreadyExists", f'{request.resource.plural} "{meta["name"]}" already exists'
+            raise k8s.KubernetesError(
+                status=409,
+                reason="AlreadyExists",
+                message=f'{qualified(request.resource)} "{meta["name"]}" already exists',
+                details={
+                    "name": meta["name"],
+                    "group": request.resource.group or "",
+                    "kind": request.resource.plural,
+                },
             )
         self._admit(Admission("create", request.resource, namespace, data, None, None, False))
         self._record_owner_checks(data)
         meta.update(
-            uid=str(uuid.uuid4()), resourceVersion=str(next(self._rv)), generation=1, creationTimestamp=_now()
+            uid=str(uuid.uuid4()), resourceVersion=self._next_rv(), generation=1, creationTimestamp=_now()
         )
         if key in self.objects:
             self.objects[key].create(data)
@@ -390,6 +504,9 @@ class RecordingEmulator(kmock.KubernetesEmulator):
     ) -> dict[str, Any]:
         stored = self._stored(resource, namespace, name)
         old = copy.deepcopy(stored.raw)
+        wanted = ((patch.get("metadata") or {}) if isinstance(patch, dict) else {}).get("resourceVersion")
+        if wanted and wanted != old["metadata"]["resourceVersion"]:
+            raise conflict(resource, name)
         try:
             new = copy.deepcopy(dict(dicts.patch_dict(copy.deepcopy(old), patch)))
         except (
@@ -415,11 +532,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         new = copy.deepcopy(request.data)
         wanted = new.get("metadata", {}).get("resourceVersion")
         if wanted and wanted != old["metadata"]["resourceVersion"]:
-            raise _status_error(
-                409,
-                "Conflict",
-                "the object has been modified; please apply your changes to the latest version and try again",
-            )
+            raise conflict(request.resource, request.name)
         self._admit(
             Admission("update", request.resource, request.namespace, new, old, request.subresource, False)
         )
@@ -437,7 +550,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         }
         if body_changed:
             meta["generation"] = old["metadata"].get("generation", 1) + 1
-        meta["resourceVersion"] = str(next(self._rv))
+        meta["resourceVersion"] = self._next_rv()
         stored.history.append(new)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             stored.delete()
@@ -452,11 +565,12 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
                 obj["metadata"]["deletionTimestamp"] = _now()
-                obj["metadata"]["resourceVersion"] = str(next(self._rv))
+                obj["metadata"]["resourceVersion"] = self._next_rv()
                 stored.history.append(obj)
                 await self._publish(resource, "MODIFIED", copy.deepcopy(obj))
             return obj
         stored.delete()
+        obj["metadata"]["resourceVersion"] = self._next_rv()  # a deletion is a change of its own
         await self._publish(resource, "DELETED", obj)
         return obj
 
@@ -464,26 +578,30 @@ class RecordingEmulator(kmock.KubernetesEmulator):
         info = self._info(request.resource)
         if info is None:
             raise k8s.KubernetesResourceNotFoundError()
-        selector = request.params.get("labelSelector", "")
+        matches = _selector(request)
         async with self._lock:
             items = [
                 obj.raw
                 for (ns, _), obj in self._index.get(request.resource, {}).items()
                 if not obj.deleted and (request.namespace is None or ns == request.namespace)
             ]
-        items = [i for i in items if _selector_matches(selector, i["metadata"].get("labels") or {})]
-        group_version = "/".join(p for p in (request.resource.group, request.resource.version) if p)
+            version = str(self._last_rv)
+        # Like kube-apiserver: the list says its kind; its items do not carry kind/apiVersion.
         return {
-            "apiVersion": group_version,
+            "apiVersion": group_version(request.resource),
             "kind": f"{info.kind or 'Object'}List",
-            "metadata": {"resourceVersion": str(next(self._rv))},
-            "items": items,
+            "metadata": {"resourceVersion": version},
+            "items": [
+                {k: v for k, v in i.items() if k not in ("kind", "apiVersion")}
+                for i in items
+                if matches(i["metadata"].get("labels") or {})
+            ],
         }
 
     async def _serve_fetch(self, request: rendering.Request) -> rendering.Payload:
         obj = self._index.get(request.resource, {}).get((request.namespace, request.name))
         if obj is None or obj.deleted:
-            raise k8s.KubernetesObjectNotFoundError()
+            raise not_found(request.resource, request.name)
         return obj.raw
 
     def _get_resources(self) -> list[Any]:
@@ -525,15 +643,22 @@ def write_kubeconfig(path: Path, url: str, namespace: str = "default") -> Path:
 
 
 @contextlib.asynccontextmanager
-async def emulator_server() -> AsyncIterator[RecordingEmulator]:
-    """A started RecordingEmulator on a free 127.0.0.1 port; its base URL is `str(emulator.url)`."""
+async def emulator_server(*, admission: bool = True) -> AsyncIterator[RecordingEmulator]:
+    """A started RecordingEmulator on a free 127.0.0.1 port; its base URL is `str(emulator.url)`.
+
+    admission: turn on the checks every test relies on (emulator_admission.names).
+    """
 
     # The tests' own client opens a connection per request: a kept-alive one could be stuck behind
     # the streams of an operator that a test has just cancelled.
     def client(url: Any) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(force_close=True))
 
+    from emulator_admission import names  # imports this module: not at the top
+
     async with RecordingEmulator() as emulator, kmock.Server(emulator, host="127.0.0.1", client_fct=client):
+        if admission:
+            emulator.admission_checks.append(names.check)
         yield emulator
 
 

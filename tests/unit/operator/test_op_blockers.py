@@ -30,7 +30,6 @@ def started(seconds_ago: int, restarts: int = 0) -> dict:
 
 def test_a_deployments_replica_failure_blocks_its_server() -> None:
     deploy = {
-        "kind": "Deployment",
         "metadata": {"name": "q-adder-serve"},
         "status": {
             "conditions": [
@@ -40,7 +39,7 @@ def test_a_deployments_replica_failure_blocks_its_server() -> None:
     }
     states = {"serve-sources/adder": TaskState.RUNNING}
     [blocker] = find_blockers(
-        TASKS, states, [deploy], [], [], {"Deployment/q-adder-serve": "serve-sources/adder"}
+        TASKS, states, {"Deployment": [deploy]}, [], [], {"Deployment/q-adder-serve": "serve-sources/adder"}
     )
     assert (blocker.reason, blocker.child, blocker.message) == (
         "PodCreateRefused",
@@ -49,7 +48,10 @@ def test_a_deployments_replica_failure_blocks_its_server() -> None:
     )
     # Not live (e.g. suspended): nothing to report.
     assert (
-        find_blockers(TASKS, {}, [deploy], [], [], {"Deployment/q-adder-serve": "serve-sources/adder"}) == []
+        find_blockers(
+            TASKS, {}, {"Deployment": [deploy]}, [], [], {"Deployment/q-adder-serve": "serve-sources/adder"}
+        )
+        == []
     )
 
 
@@ -72,7 +74,7 @@ def test_the_newest_failed_create_event_wins_and_unschedulable_pods_wait() -> No
         ],
     )
     kinds = {"Job/q-prepare": "prepare", "Job/q-score": "score"}
-    found = find_blockers(TASKS, states, [], [waiting], events, kinds)
+    found = find_blockers(TASKS, states, {}, [waiting], events, kinds)
     assert [(b.task, b.reason, b.message) for b in found] == [
         ("prepare", "PodCreateRefused", "new"),
         ("score", "WaitingForCapacity", "pod q-score-1: no GPU"),

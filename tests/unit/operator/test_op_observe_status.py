@@ -59,9 +59,13 @@ JOB_FAILED = {
     ],
 )
 def test_observe(obj, persisted, queued, expected) -> None:
-    states, _refs, failures = observe(TASKS.values(), [obj] if obj else [], persisted, queued_by_kueue=queued)
+    # As a real API server lists them: the kind is the list's, items carry no kind/apiVersion.
+    listed = {obj["kind"]: [{k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}]} if obj else {}
+    states, refs, failures = observe(TASKS.values(), listed, persisted, queued_by_kueue=queued)
     task = next(iter(persisted)) if obj is None else obj["metadata"]["annotations"]["kubefusion.dev/task"]
     assert states[task] == expected
+    if obj is not None:
+        assert refs[task] == [f"{obj['kind']}/{obj['metadata']['name']}"]
     if expected == TaskState.FAILED and task == "prepare":
         assert failures[0].child == "Job/quickstart-prepare" and failures[0].reason == "BackoffLimitExceeded"
 

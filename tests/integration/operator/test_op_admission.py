@@ -128,7 +128,9 @@ async def test_schema_refuses_an_invalid_object_with_422_and_a_status_body(emula
     assert "parallelism" not in emulator.find(JOBS, "ns1", "typo")["spec"]
 
 
-OPERATOR_AGENT = {"User-Agent": "kubefusion-operator"}
+# The test's own client sends these as if it were the operator's ServiceAccount (a kmock/ agent, so the
+# chart's RBAC derivation does not count them as the operator's requests).
+OPERATOR_AGENT = {"User-Agent": "kmock/ as-the-operator"}
 
 
 def owned_job(name: str) -> dict:
@@ -154,7 +156,7 @@ async def test_rbac_refuses_what_the_chart_does_not_grant(emulator) -> None:
     granted = rbac.chart_rules()
     without_finalizers = [r for r in granted if "fusionruns/finalizers" not in r.get("resources", [])]
     assert len(without_finalizers) == len(granted) - 1  # the chart grants it (blockOwnerDeletion)
-    check = rbac.RbacCheck(without_finalizers)
+    check = rbac.RbacCheck(without_finalizers, applies_to=lambda agent: agent == OPERATOR_AGENT["User-Agent"])
     emulator.admission_checks.append(check)
     url = "/apis/batch/v1/namespaces/ns1/jobs"
     resp = await emulator.post(url, json=owned_job("child"), headers=OPERATOR_AGENT)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,19 @@ def allows(rules: list[dict[str, Any]], verb: str, group: str, resource: str) ->
     )
 
 
+def is_operator(agent: str) -> bool:
+    return not agent.startswith(TEST_AGENTS)
+
+
 class RbacCheck:
-    def __init__(self, rules: list[dict[str, Any]], user: str = USER) -> None:
+    """applies_to(User-Agent): whose requests are the ServiceAccount's (default: all but the tests')."""
+
+    def __init__(
+        self, rules: list[dict[str, Any]], user: str = USER, applies_to: Callable[[str], bool] = is_operator
+    ) -> None:
         self.rules = rules
         self.user = user
+        self.applies_to = applies_to
 
     def _forbidden(self, admission: Admission, verb: str, group: str, resource: str, prefix: str = "") -> Any:
         plural = admission.resource.plural + (
@@ -75,7 +85,7 @@ class RbacCheck:
         )
 
     def __call__(self, emulator: Any, admission: Admission) -> None:
-        if admission.system or current_agent.get().startswith(TEST_AGENTS):
+        if admission.system or not self.applies_to(current_agent.get()):
             return
         group = admission.resource.group or ""
         resource = admission.resource.plural + (f"/{admission.subresource}" if admission.subresource else "")

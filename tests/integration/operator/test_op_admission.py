@@ -3,11 +3,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import time
 
 import pytest
 from emulator_admission import pod_security, rbac, schema
-from op_cluster import JOBS, condition, create_run, drive_to_end, example, operator_running, run_status
+from op_cluster import (
+    JOBS,
+    children,
+    condition,
+    create_run,
+    drive_to_end,
+    example,
+    fast_config,
+    operator_running,
+    run_status,
+    wait_for,
+)
 from op_emulator import emulator  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -185,3 +198,44 @@ async def test_a_run_passes_every_admission_check(emulator, tmp_path) -> None:
     assert condition(emulator, "ns1", "wrpo-llama3-8b", "Succeeded") == "True", run_status(
         emulator, "ns1", "wrpo-llama3-8b"
     )
+
+
+def reconcile_failed(emulator) -> dict | None:
+    conds = run_status(emulator, "ns1", "quickstart").get("conditions", [])
+    return next((c for c in conds if c["type"] == "ReconcileFailed"), None)
+
+
+async def calls_per_minute(emulator, seconds: float = 3.0) -> float:
+    before, started = len(emulator.operator_requests()), time.monotonic()
+    await asyncio.sleep(seconds)
+    return (len(emulator.operator_requests()) - before) / (time.monotonic() - started) * 60
+
+
+@pytest.mark.parametrize("refusal", ["schema-422", "rbac-403"])
+async def test_a_refused_child_is_reported_on_the_run_without_a_hot_loop(emulator, tmp_path, refusal) -> None:
+    """The API server refuses the first child (an invalid affinity the spec lets through; RBAC without
+    `create jobs`): the run names the child and the server's message, retried with capped backoff."""
+    doc = example("quickstart")
+    if refusal == "schema-422":
+        emulator.admission_checks.append(schema.check)
+        doc["spec"]["scheduling"] = {"affinity": {"nodeAffinity": {"requiredDuringScheduling": {}}}}
+        expected = ["Job/quickstart-prepare", "422 Invalid", "spec.template.spec.affinity.nodeAffinity"]
+    else:
+        rules = [r for r in rbac.chart_rules() if "jobs" not in r.get("resources", [])]
+        emulator.admission_checks.append(rbac.RbacCheck(rules))
+        expected = [
+            "Job/quickstart-prepare",
+            "403 Forbidden",
+            'cannot create resource "jobs" in API group "batch"',
+        ]
+    config = fast_config(retry_backoff=0.2, retry_backoff_max=1.0, progress_interval=0.2)
+    async with operator_running(emulator, tmp_path, config):
+        await create_run(emulator, doc)
+        cond = await wait_for(lambda: reconcile_failed(emulator), what="the ReconcileFailed condition")
+        assert cond["status"] == "True" and cond["reason"] == "ChildRefused"
+        for part in expected:
+            assert part in cond["message"], (part, cond["message"])
+        per_minute = await calls_per_minute(emulator)
+        print(f"\n{refusal}: {per_minute:.0f} operator API calls per minute while refused")
+        assert per_minute <= 60 / 1.0 * 12  # at most one attempt per backoff cap, a dozen calls each
+    assert children(emulator, JOBS) == []

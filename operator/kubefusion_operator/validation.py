@@ -159,8 +159,8 @@ def load_documents(path: str | Path) -> list[Any]:
         raise InvalidFusionRun(str(path), [FieldError("<yaml>", str(exc))]) from None
 
 
-def load_fusionrun(path: str | Path) -> FusionRun:
-    """The single FusionRun in a YAML file."""
+def load_fusionrun(path: str | Path, *, cluster: bool = False) -> FusionRun:
+    """The single FusionRun in a YAML file (cluster=True: with the rules of a run on Kubernetes)."""
     docs = load_documents(path)
     runs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FusionRun"]
     if len(runs) != 1:
@@ -168,4 +168,4 @@ def load_fusionrun(path: str | Path) -> FusionRun:
         raise InvalidFusionRun(
             str(path), [FieldError("<file>", f"expected exactly one FusionRun, found {found}")]
         )
-    return validate_document(runs[0], str(path))
+    return validate_document(runs[0], str(path), cluster=cluster)

@@ -50,3 +50,13 @@ def test_source_names_do_not_take_an_evaluation_servers_name() -> None:
     with pytest.raises(InvalidFusionRun) as info:
         validate_document(doc)
     assert [e.path for e in info.value.errors] == ["spec.sources[0].name"]
+
+
+def test_kubefusion_validate_cluster_checks_what_the_operator_checks(capsys: pytest.CaptureFixture) -> None:
+    from kubefusion_operator.cli import main
+
+    quickstart_file = str(REPO / "examples" / "quickstart.yaml")
+    assert main(["validate", "-f", quickstart_file]) == 0
+    assert main(["validate", "--cluster", "-f", quickstart_file]) == 1
+    assert "spec.storage.pvc: a run on Kubernetes needs" in capsys.readouterr().err
+    assert main(["validate", "--cluster", "-f", str(REPO / "examples" / "wrpo-llama3-8b.yaml")]) == 0

@@ -354,3 +354,13 @@ def test_stage_states() -> None:
     done = stage_states(FUSE, {**observed, "sample/reverser": S})
     assert done["serve-sources"] == "Succeeded" and done["sample"] == "Succeeded"
     assert stage_states(FUSE, {"prepare": F})["prepare"] == "Failed"
+
+
+def test_the_local_plan_serves_the_evaluation_candidates_like_the_cluster() -> None:
+    from kubefusion_operator.local.plan import local_steps
+
+    evaluate = next(s for s in local_steps(FUSE) if s.stage == "evaluate")
+    assert evaluate.serve is None
+    assert evaluate.also_serve == ("eval-original", "eval-sft", "eval-dpo")
+    servers = [t for t in plan_tasks(FUSE) if t.kind == "server" and t.stage == "evaluate"]
+    assert tuple(t.endpoint for t in servers) == evaluate.also_serve

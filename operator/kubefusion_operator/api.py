@@ -212,7 +212,10 @@ class Condition(CamelModel):
     """A Kubernetes-style condition."""
 
     type: str = Field(
-        ..., max_length=316, description="Ready, Succeeded, Failed, Progressing, Stalled or Suspended."
+        ...,
+        max_length=316,
+        description="Ready, Succeeded, Failed, Progressing, Reconciling, Stalled, Suspended, Blocked (pods "
+        "that cannot be created or scheduled) or ReconcileFailed.",
     )
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field(..., max_length=1024, description="CamelCase machine-readable reason.")

@@ -208,3 +208,25 @@ async def test_suspend_with_kueue_stops_jobs_instead_of_fighting_it(emulator, tm
         await drive_to_end(emulator, "quickstart")
     status = run_status(emulator, "ns1", "quickstart")
     assert any(c["type"] == "Succeeded" and c["status"] == "True" for c in status["conditions"]), status
+
+
+async def test_a_deployment_whose_pods_are_refused_is_blocked(emulator, tmp_path) -> None:
+    """The ReplicaSet's FailedCreate reaches the Deployment as ReplicaFailure: reported, not failed."""
+    cluster = Cluster(emulator)
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("quickstart"))
+        await wait_for(lambda: children(emulator, JOBS) == ["quickstart-prepare"])
+        await cluster.complete("quickstart-prepare")
+        await wait_for(lambda: len(children(emulator, DEPLOYMENTS)) == 2, what="servers")
+        message = 'pods "quickstart-adder-serve-5d9f-x" is forbidden: exceeded quota: gpus'
+        failure = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message}
+        await emulator.write(
+            DEPLOYMENTS, "ns1", "quickstart-adder-serve", {"status": {"conditions": [failure]}}
+        )
+        await wait_for(lambda: blocked(emulator).get("reason") == "PodCreateRefused", what="Blocked")
+        assert blocked(emulator)["message"] == f"Deployment/quickstart-adder-serve: {message}"
+        assert run_status(emulator, "ns1", "quickstart")["tasks"]["serve-sources/adder"] == "Running"
+        await emulator.write(
+            DEPLOYMENTS, "ns1", "quickstart-adder-serve", {"status": {"conditions": None, "readyReplicas": 1}}
+        )
+        await wait_for(lambda: blocked(emulator).get("status") == "False", what="Blocked cleared")

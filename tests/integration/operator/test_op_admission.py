@@ -239,3 +239,16 @@ async def test_a_refused_child_is_reported_on_the_run_without_a_hot_loop(emulato
         print(f"\n{refusal}: {per_minute:.0f} operator API calls per minute while refused")
         assert per_minute <= 60 / 1.0 * 12  # at most one attempt per backoff cap, a dozen calls each
     assert children(emulator, JOBS) == []
+
+
+def test_pod_security_reads_partial_trainjob_pod_overrides() -> None:
+    """TrainJob overrides are partial (the runtime supplies the rest): only values set to break the
+    profile count."""
+    container = {"name": "node", "env": [{"name": "A", "value": "1"}]}
+    job = {"kind": "TrainJob", "spec": {"podTemplateOverrides": [{"spec": {"containers": [container]}}]}}
+    assert pod_security.violations(job) == []
+    container["securityContext"] = {"allowPrivilegeEscalation": True}
+    job["spec"]["podTemplateOverrides"][0]["spec"]["securityContext"] = {"runAsUser": 0}
+    problems = pod_security.violations(job)
+    assert [p.split(":")[0] for p in problems] == ["spec.podTemplateOverrides[0].spec"] * 2
+    assert "runAsNonRoot != true" in problems[0] and "allowPrivilegeEscalation != false" in problems[1]

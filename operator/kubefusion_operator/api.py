@@ -26,6 +26,7 @@ from kubefusion_trainer.config import (
     RunName,
     SourceConfig,
     TargetConfig,
+    TrainingConfig,
     TrainingHyperparameters,
 )
 
@@ -138,7 +139,35 @@ class Credentials(CamelModel):
     )
 
 
+class TrainingRuntimeRef(CamelModel):
+    """A Kubeflow Trainer v2 runtime the run's TrainJobs use instead of the one the chart ships."""
+
+    name: str = Field(..., min_length=1, max_length=253, description="Runtime name.")
+    kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(
+        "ClusterTrainingRuntime",
+        description="ClusterTrainingRuntime, or TrainingRuntime (in the run's namespace).",
+    )
+
+
+class ClusterTrainingConfig(TrainingConfig):
+    """Per-stage training settings, and which training operator runs them on a cluster."""
+
+    backend: Literal["auto", "trainjob", "pytorchjob"] = Field(
+        "auto",
+        description="auto: a Kubeflow Trainer v2 TrainJob when trainjobs.trainer.kubeflow.org is served, "
+        "else a PyTorchJob (training operator v1). trainjob or pytorchjob: that one only (the run "
+        "waits while it is not installed). Default auto.",
+    )
+    runtime: TrainingRuntimeRef | None = Field(
+        None,
+        description="TrainJobs only: the runtime to reference. It needs a replicated job and container "
+        "named node with the torch mlPolicy. Default: the operator's (--training-runtime), which the "
+        "Helm chart ships.",
+    )
+
+
 _MUTABLE_SPEC_FIELDS = {"suspend"}
+CLUSTER_TRAINING_FIELDS = {"backend", "runtime"}  # spec.training fields stage processes never see
 
 
 class FusionRunSpec(FusionConfig):
@@ -149,6 +178,9 @@ class FusionRunSpec(FusionConfig):
     serving: ServingPolicy = Field(default_factory=ServingPolicy, description="Run-wide serving limits.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="The run's storage.")
     credentials: Credentials = Field(default_factory=Credentials, description="Secret references.")
+    training: ClusterTrainingConfig = Field(  # type: ignore[assignment]
+        default_factory=ClusterTrainingConfig, description="Training stages and their backend."
+    )
     queue_name: str | None = Field(
         None, max_length=63, description="Kueue LocalQueue for the run's Jobs and PyTorchJobs."
     )
@@ -171,7 +203,8 @@ class FusionRunSpec(FusionConfig):
     def to_fusion_config(self) -> FusionConfig:
         """The part stage processes read (no serving, storage or credentials)."""
         cluster_only = set(FusionRunSpec.model_fields) - set(FusionConfig.model_fields)
-        data = self.model_dump(exclude={*cluster_only, "sources", "target"})
+        data = self.model_dump(exclude={*cluster_only, "sources", "target", "training"})
+        data["training"] = self.training.model_dump(exclude=CLUSTER_TRAINING_FIELDS)
         data["sources"] = [s.model_dump(exclude={"serving"}) for s in self.sources]
         data["target"] = self.target.model_dump(exclude={"serving"})
         return FusionConfig.model_validate(data)
@@ -274,6 +307,11 @@ class FusionRunStatus(CamelModel):
     )
     counts: RunCounts | None = Field(None, description="Run-wide totals.")
     message: str | None = Field(None, max_length=32768, description="A one-line summary.")
+    training_backend: Literal["trainjob", "pytorchjob"] | None = Field(
+        None,
+        description="The training backend the run uses (spec.training.backend, auto resolved): set when "
+        "it is decided and kept once a training stage has started.",
+    )
     tasks: dict[str, StageState] = Field(
         default_factory=dict,
         description="State of each unit of work by planner task name (e.g. sample/<source>): finished work "

@@ -121,7 +121,7 @@ def _estimate_gpu_hours(spec: FusionRunSpec, plan: Plan) -> None:
 
 
 def format_plan(spec: FusionRunSpec, stages: list, plan: Plan) -> str:
-    lines = [f"recipe: {spec.recipe.value}", "", "stages:"]
+    lines = [f"recipe: {spec.recipe.value}", f"training backend: {spec.training.backend}", "", "stages:"]
     for i, stage in enumerate(stages, 1):
         gpu = "GPU" if stage.uses_gpu else "CPU"
         lines.append(f"  {i:2d}. {stage.name:<14} [{gpu}] {stage.description}")

@@ -27,10 +27,11 @@ from typing import Any
 import kopf
 
 from kubefusion_operator.api import GROUP, PLURAL, VERSION
+from kubefusion_operator.discovery import Discovery
 from kubefusion_operator.kube import KINDS, KubeApi, connection_info, load_configuration
 from kubefusion_operator.metrics import OperatorMetrics
 from kubefusion_operator.reconcile import ReconcileConfig, Reconciler, failure_report
-from kubefusion_operator.render.names import DEFAULT_IMAGE, RUN_LABEL
+from kubefusion_operator.render.names import DEFAULT_IMAGE, DEFAULT_TRAINING_RUNTIME, RUN_LABEL
 
 
 @dataclass
@@ -46,9 +47,11 @@ class OperatorConfig:
     scrape: bool = True  # read stage progress from stage pods' metrics endpoints
     retry_backoff: float = 2.0  # seconds before the first retry of a failed reconcile; doubles each time
     retry_backoff_max: float = 120.0  # cap of the retry delay
+    training_runtime: str = DEFAULT_TRAINING_RUNTIME  # the ClusterTrainingRuntime TrainJobs reference
+    discovery_interval: float = 30.0  # least seconds between discovery probes while a run waits for a CRD
 
 
-CHILD_WATCHES = ("Deployment", "Job", "PyTorchJob")  # children whose events trigger a reconcile
+CHILD_WATCHES = ("Deployment", "Job", "PyTorchJob", "TrainJob")  # children whose events trigger a reconcile
 
 
 def _finished(status: Any) -> bool:
@@ -109,7 +112,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         else:
             api = KubeApi.from_configuration(configuration, reload=load_configuration)
             memo.reconciler = Reconciler(
-                api, ReconcileConfig(config.image, scrape=config.scrape), memo.metrics
+                api,
+                ReconcileConfig(config.image, scrape=config.scrape, training_runtime=config.training_runtime),
+                memo.metrics,
+                Discovery(api.get_path, min_interval=config.discovery_interval),
             )
         return connection_info(configuration, trust_env=settings.networking.trust_env)
 
@@ -224,6 +230,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         for _attempts, pending in memo.retries.values():
             pending.cancel()
 
+    # kopf watches only kinds the cluster serves (it notices CRDs installed later where it may list
+    # CRDs); the ticker's reconciles cover the rest.
     for kind_name in CHILD_WATCHES:
         kind = KINDS[kind_name]
 

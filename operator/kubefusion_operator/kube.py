@@ -66,10 +66,12 @@ KINDS: dict[str, Kind] = {
     "Event": Kind("", "v1", "events"),
     "Deployment": Kind("apps", "v1", "deployments"),
     "Job": Kind("batch", "v1", "jobs"),
+    "NetworkPolicy": Kind("networking.k8s.io", "v1", "networkpolicies"),
     "PyTorchJob": Kind("kubeflow.org", "v1", "pytorchjobs"),
+    "TrainJob": Kind("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
     "FusionRun": Kind(GROUP, VERSION, PLURAL),
 }
-CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "Job", "PyTorchJob")
+CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "Job", "PyTorchJob", "TrainJob", "NetworkPolicy")
 
 
 class ApiError(Exception):

@@ -19,9 +19,10 @@ from kubefusion_operator.blockers import (
     spare_waiting_servers,
     with_blocked_condition,
 )
+from kubefusion_operator.discovery import OPTIONAL_KINDS, BackendChoice, Discovery
 from kubefusion_operator.kube import CHILD_KINDS, ApiError, KubeApi
 from kubefusion_operator.metrics import OperatorMetrics
-from kubefusion_operator.observe import ChildFailure, observe
+from kubefusion_operator.observe import CORE_STATES, ChildFailure, observe
 from kubefusion_operator.planner import (
     Action,
     ActionType,
@@ -32,8 +33,7 @@ from kubefusion_operator.planner import (
     plan_tasks,
 )
 from kubefusion_operator.render.configmap import build_config_map
-from kubefusion_operator.render.names import RUN_LABEL, RenderContext, label_value
-from kubefusion_operator.render.pytorchjob import build_pytorchjob
+from kubefusion_operator.render.names import DEFAULT_TRAINING_RUNTIME, RUN_LABEL, RenderContext, label_value
 from kubefusion_operator.render.serving import STARTUP_BUDGET_SECONDS, build_deployment
 from kubefusion_operator.render.task import build_task_children
 from kubefusion_operator.scrape import UNITS, scrape_progress
@@ -44,9 +44,12 @@ from kubefusion_operator.status import (
     previous_status,
     reconcile_failed_status,
 )
+from kubefusion_operator.training_backends import BACKENDS, TRAINING_STATES, training_progress
 from kubefusion_operator.validation import InvalidFusionRun, validate_document
 
-OBSERVED_KINDS = ("Deployment", "Job", "PyTorchJob")  # the objects whose state is a task's state
+OBSERVED_KINDS = ("Deployment", "Job")  # besides the served training kinds: the objects with a state
+OPTIONAL = {k.kind for k in OPTIONAL_KINDS}
+CHILD_STATES = {**CORE_STATES, **TRAINING_STATES}
 Emit = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
 
 
@@ -54,6 +57,7 @@ Emit = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
 class ReconcileConfig:
     image: str
     scrape: bool = True  # read progress from stage pods
+    training_runtime: str = DEFAULT_TRAINING_RUNTIME  # TrainJobs' ClusterTrainingRuntime by default
 
 
 def _now() -> datetime.datetime:
@@ -109,10 +113,17 @@ def _unit(task: Task) -> str:
 
 
 class Reconciler:
-    def __init__(self, api: KubeApi, config: ReconcileConfig, metrics: OperatorMetrics) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        config: ReconcileConfig,
+        metrics: OperatorMetrics,
+        discovery: Discovery | None = None,
+    ) -> None:
         self.api = api
         self.config = config
         self.metrics = metrics
+        self.discovery = discovery or Discovery(api.get_path)
         # namespace/name -> resourceVersion our last status patch produced (its watch event is an echo).
         self.written_versions: dict[str, str | None] = {}
 
@@ -143,19 +154,36 @@ class Reconciler:
             self.metrics.observe_run(key, "Failed", {})
             return as_dict(new_status)
         spec = run.spec
-        ctx = RenderContext(name, namespace, meta["uid"], spec, image=self.config.image)
         tasks = plan_tasks(spec)
-        # Items of a list carry no kind: keep what was listed with each object.
-        children = {kind: await self.api.list(kind, namespace, {RUN_LABEL: name}) for kind in OBSERVED_KINDS}
+        started = any(  # once a training stage has started, the run keeps its backend
+            previous.tasks.get(t.name, "Pending") != "Pending" for t in tasks if t.kind == TaskKind.TRAIN
+        )
+        choice = await self.discovery.backend_for(
+            spec.training.backend, previous.training_backend if started else None
+        )
+        ctx = RenderContext(
+            name,
+            namespace,
+            meta["uid"],
+            spec,
+            image=self.config.image,
+            training_backend=choice.backend or previous.training_backend or "pytorchjob",
+            training_runtime=self.config.training_runtime,
+        )
+        children = await self._list_children(namespace, name, await self.discovery.current())
         states, refs, failures = observe(
-            tasks, children, previous.tasks, queued_by_kueue=bool(spec.queue_name)
+            tasks,
+            children,
+            previous.tasks,
+            queued_by_kueue=bool(spec.queue_name),
+            child_states=CHILD_STATES,
         )
         pods, blockers = await self._blockers(namespace, name, tasks, states, refs, children)
         failures = [f for f in failures if states[f.task] == TaskState.FAILED]
         retry = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
         actions = next_actions(spec, states, suspended=spec.suspend, retry=retry, tasks=tasks)
-        phase, failure = await self._act(
-            ctx, tasks, states, refs, actions, failures, dict(previous.tasks), emit
+        phase, failure, waiting = await self._act(
+            ctx, tasks, states, refs, actions, failures, dict(previous.tasks), emit, choice
         )
         if retry and not any(a.type == ActionType.RETRY for a in actions):
             # Consumed (or nothing to retry): clear it so that a later failure is not retried silently.
@@ -175,7 +203,13 @@ class Reconciler:
                 self.api.scrape,
                 lambda t: _unit(next(x for x in tasks if x.name == t)),
             )
+        progress = {**training_progress(children), **progress}  # scraped steps win over percentages
         obs = Observation(generation, phase, states, refs, failure, progress)
+        obs.training_backend = choice.backend or previous.training_backend
+        if waiting and phase == "Progressing":
+            obs.reason, obs.message = choice.reason, choice.message
+            if previous.conditions and not any(c.reason == choice.reason for c in previous.conditions):
+                emit("Warning", choice.reason, choice.message)
         new = await self._write_status(body, previous, spec, obs, emit, blockers)
         counts = new.counts
         self.metrics.observe_run(
@@ -200,14 +234,19 @@ class Reconciler:
         failures: list[ChildFailure],
         persisted: dict[str, str],
         emit: Emit,
-    ) -> tuple[Any, ChildFailure | None]:
+        choice: BackendChoice,
+    ) -> tuple[Any, ChildFailure | None, bool]:
         by_name = {t.name: t for t in tasks}
         phase = "Suspended" if ctx.spec.suspend else "Progressing"
         failure: ChildFailure | None = None
         config_ready = False
+        waiting = False  # a training task is due but no training backend is installed
         for action in actions:
             task = by_name.get(action.task or "")
             if action.type == ActionType.START and task is not None:
+                if task.kind == TaskKind.TRAIN and choice.backend is None:
+                    waiting = True  # it stays Pending; the run says which CRD it waits for
+                    continue
                 if not config_ready:
                     await self._create(build_config_map(ctx))
                     config_ready = True
@@ -218,7 +257,8 @@ class Reconciler:
             elif action.type == ActionType.STOP and task is not None:
                 await self._delete_task(ctx, task, refs)
                 states[task.name] = TaskState.PENDING
-                emit("Normal", "ServerStopped", f"{task.name}: {action.message}")
+                stopped = "ServerStopped" if task.kind == TaskKind.SERVER else "StageStopped"
+                emit("Normal", stopped, f"{task.name}: {action.message}")
             elif action.type == ActionType.SUSPEND and task is not None and _kueue_owns(ctx, task):
                 # Kueue unsuspends a workload it admitted, so a suspended Job would just restart: stop it
                 # instead; it is created again on resume and carries on from its completion records.
@@ -243,7 +283,15 @@ class Reconciler:
         work = [t for t in tasks if t.kind != TaskKind.SERVER]
         if phase != "Failed" and all(states[t.name] == TaskState.SUCCEEDED for t in work):
             phase = "Succeeded"  # a finished run stays finished, suspended or not
-        return phase, failure
+        return phase, failure, waiting
+
+    async def _list_children(
+        self, namespace: str, name: str, served: frozenset[str]
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The run's children with a state, by kind (list items carry no kind on a real API server);
+        optional kinds only where served."""
+        kinds = (*OBSERVED_KINDS, *(k.kind for k in OPTIONAL_KINDS if k.kind in served))
+        return {kind: await self.api.list(kind, namespace, {RUN_LABEL: name}) for kind in kinds}
 
     async def _create(self, obj: dict[str, Any]) -> bool:
         try:
@@ -273,15 +321,15 @@ class Reconciler:
                 {"spec": {"replicas": deploy["spec"]["replicas"]}},
             )
         elif task.kind == TaskKind.TRAIN:
-            job = build_pytorchjob(ctx, task)
+            backend = BACKENDS[ctx.training_backend]
+            (job,) = build_task_children(ctx, task)
             await self._patch_child(
-                "PyTorchJob",
-                ctx.namespace,
-                job["metadata"]["name"],
-                {"spec": {"runPolicy": {"suspend": suspended}}},
+                backend.api.kind, ctx.namespace, job["metadata"]["name"], backend.suspend_patch(suspended)
             )
         else:
             for obj in build_task_children(ctx, task):
+                if obj["kind"] != "Job":
+                    continue  # e.g. a sandbox task's NetworkPolicy: nothing to suspend
                 await self._patch_child(
                     "Job", ctx.namespace, obj["metadata"]["name"], {"spec": {"suspend": suspended}}
                 )
@@ -409,7 +457,10 @@ class Reconciler:
     async def cleanup(self, namespace: str, name: str) -> int:
         """Delete every child of a run by label (there is no garbage collector to rely on everywhere)."""
         deleted = 0
+        served = await self.discovery.refresh(force=True)
         for kind in CHILD_KINDS:
+            if kind in OPTIONAL and kind not in served:
+                continue  # not installed: nothing of that kind to delete, and listing it would 404
             for obj in await self.api.list(kind, namespace, {RUN_LABEL: name}):
                 deleted += await self.api.delete(kind, namespace, obj["metadata"]["name"])
         return deleted

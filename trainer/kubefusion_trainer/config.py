@@ -233,6 +233,25 @@ class CodeExecutionLimits(CamelModel):
         10.0, gt=0.0, le=600.0, description="Wall-clock limit per answer. Default 10."
     )
     memory_mb: int = Field(512, ge=32, le=65536, description="Address-space limit per answer. Default 512.")
+    max_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes an answer may run at once, itself included (1: it may start none).",
+    )
+    sandbox_pods: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="On a cluster: sandbox pods (an Indexed Job, CPU only) that run the code answers. Default 4.",
+    )
+    runtime_class_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="On a cluster: RuntimeClass of the sandbox pods, e.g. gvisor or kata (stronger than "
+        "the default runtime against kernel exploits). Default: the cluster's default runtime.",
+    )
 
 
 class ScoringConfig(CamelModel):

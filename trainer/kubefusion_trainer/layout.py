@@ -140,6 +140,10 @@ class RunLayout:
     def scratch_dir(self, name: str) -> Path:
         return self.root / "tmp" / name
 
+    # code answers run in sandboxes: per sandbox shard, the inputs it gets and the verdicts it returns
+    def sandbox_verdicts(self, phase: Phase, index: int, count: int) -> Path:
+        return self.root / "sandbox" / phase / f"verdicts-of-{count}" / str(index) / "verdicts.jsonl"
+
     # stage completion records
     def stage_record(self, stage: str) -> Path:
         return self.root / "state" / f"{stage}.json"

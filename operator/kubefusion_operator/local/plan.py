@@ -55,6 +55,8 @@ _TITLES = {
     "wrpo": "train wrpo",
     "sample-target": "sample target",
     "score-target": "score target",
+    "verify-code": "verify code",
+    "verify-code-target": "verify code target",
     "build-wrpo": "build wrpo",
 }
 

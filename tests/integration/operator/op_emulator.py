@@ -35,7 +35,13 @@ kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and
   test_watchbookmarks_and_timeout;
 - admission: checks in `admission_checks` see every create/patch/update before it is stored and
   refuse it with `refuse(code, reason, message)`; `emulator_server()` turns on emulator_admission.names
-  (DNS names per kind, Indexed Job hostnames, PyTorchJob Services) -> test_op_emulator_names.py;
+  (DNS names per kind, Indexed Job hostnames, PyTorchJob Services, TrainJob pod hostnames)
+  -> test_op_emulator_names.py, test_op_training_failures.py;
+- other projects' CRDs (TrainJob, ClusterTrainingRuntime, TrainingRuntime, PyTorchJob) are served only
+  where a test installs them (op_training.trainer_cluster/install/withhold), and their writes are
+  checked against the real CRD schemas from the shared folder (OpenAPI schema, CEL rules, undeclared
+  fields) before other admission: emulator_admission.crd_schemas, 422 Invalid with a Status
+  -> test_the_emulator_refuses_a_training_object_its_crd_schema_refuses (test_op_training_failures.py);
 - DELETE honours finalizers (deletionTimestamp, then gone when they are removed);
 - /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents (kubectl);
 - a create whose ownerReferences set blockOwnerDeletion records the authorization check kube-apiserver's
@@ -43,7 +49,7 @@ kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and
   (so RBAC derived from the recorded requests grants it; emulator_admission/rbac.py enforces it)
   -> test_op_rbac.py, test_op_admission.py::test_rbac_refuses_what_the_chart_does_not_grant.
 Not emulated: garbage collection by ownerReference, watch events for objects that stop matching a
-selector, server-side apply. Schema validation (emulator_admission/schema.py), Pod Security
+selector, server-side apply. Schema validation of built-in kinds (emulator_admission/schema.py), Pod Security
 (emulator_admission/pod_security.py) and RBAC (emulator_admission/rbac.py) are admission modules a test
 turns on.
 
@@ -93,6 +99,7 @@ OPERATOR_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
     ("kubefusion.dev/v1alpha1/fusionruns", "FusionRun", True, ("status",)),
     ("apps/v1/deployments", "Deployment", True, ("status", "scale")),
     ("batch/v1/jobs", "Job", True, ("status",)),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, ()),
     ("kubeflow.org/v1/pytorchjobs", "PyTorchJob", True, ("status",)),
     ("v1/services", "Service", True, ()),
     ("v1/configmaps", "ConfigMap", True, ()),

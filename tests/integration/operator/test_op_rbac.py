@@ -36,6 +36,8 @@ EXPECTED = {
     ("", "configmaps"): {"create", "list", "delete"},
     ("", "pods"): {"list"},
     ("", "events"): {"create", "list"},
+    # Sandbox pods' deny-all NetworkPolicy (code datasets; test_op_sandbox.py creates and deletes one).
+    ("networking.k8s.io", "networkpolicies"): {"list", "create", "delete"},
 }
 
 

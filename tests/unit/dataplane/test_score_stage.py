@@ -109,8 +109,8 @@ def test_score_stage_through_the_cli(run: dict, repo_root: Path) -> None:
     assert [r["correct"] for r in scored(layout, "algebra")] == [True, True, False]
     leet = scored(layout, "leet")
     assert [r["correct"] for r in leet] == [True, False, False, False]
-    assert "passed 2/2" in leet[0]["reason"]
-    assert "no code block" in leet[2]["reason"] and "syntax error" in leet[3]["reason"]
+    assert "passed: 2/2" in leet[0]["reason"]
+    assert "no_code" in leet[2]["reason"] and "syntax_error" in leet[3]["reason"]
     record = json.loads(layout.stage_record("score-sources").read_text())
     assert record["answers"] == 10 and record["shards_scored"] == 6 and record["correct"] == 3
     assert "namespaces" in record["sandbox_isolation"] or "NO network" in record["sandbox_isolation"]

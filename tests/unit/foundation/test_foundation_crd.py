@@ -83,6 +83,7 @@ def test_printer_columns(crd: dict[str, Any]) -> None:
     assert columns["Succeeded"] == '.status.conditions[?(@.type=="Succeeded")].status'
     assert columns["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Progress"] == ".status.progress"
+    assert columns["Backend"] == ".status.trainingBackend"  # what spec.training.backend auto picked
     assert columns["Age"] == ".metadata.creationTimestamp"
 
 

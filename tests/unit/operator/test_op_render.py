@@ -83,10 +83,14 @@ def test_pytorchjob_schema_check() -> None:
         assert container["name"] == "pytorch"
         assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
         assert job["spec"]["nprocPerNode"] == "8"
-        assert (
-            "torchrun" in container["command"][-1]
-            and "-m kubefusion_operator stage train" in container["command"][-1]
-        )
+        assert container["command"][:6] == [
+            "torchrun",
+            "-m",
+            "kubefusion_operator",
+            "stage",
+            "train",
+            "--stage",
+        ]
         assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in replicas["Master"]["template"]["spec"][
             "volumes"
         ]

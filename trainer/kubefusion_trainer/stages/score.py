@@ -23,8 +23,8 @@ from kubefusion_trainer.atomic import atomic_write_json
 from kubefusion_trainer.config import DatasetConfig, FusionConfig, load_run_config
 from kubefusion_trainer.layout import TARGET_MODEL_NAME, Phase, RunLayout, parse_shard_name
 from kubefusion_trainer.records import SampleRecord, ScoredRecord
-from kubefusion_trainer.scoring.code_extract import TestFormatError, extract_code, plan_tests, static_check
-from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, SandboxLimits
+from kubefusion_trainer.scoring.code_items import CodeItem, VerdictShards, prepare_answer
+from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, judge
 from kubefusion_trainer.scoring.math_check import MathChecker
 from kubefusion_trainer.scoring.reward import Loader, RewardScorer, load_reward_model
 from kubefusion_trainer.shards import complete_shards, missing_shards, write_jsonl
@@ -54,6 +54,7 @@ class Scorers:
     _math: MathChecker | None = None
     _sandbox: CodeSandbox | None = None
     counts: Counter = field(default_factory=Counter)
+    sandbox_verdicts: VerdictShards | None = None  # --sandbox-verdicts: code ran in sandbox pods
 
     @property
     def reward(self) -> RewardScorer:
@@ -70,17 +71,26 @@ class Scorers:
     @property
     def sandbox(self) -> CodeSandbox:
         if self._sandbox is None:
-            limits = self.spec.scoring.code_execution
-            self._sandbox = CodeSandbox(
-                SandboxLimits(timeout_seconds=limits.timeout_seconds, memory_mb=limits.memory_mb),
-                concurrency=self.concurrency,
-            )
+            from kubefusion_trainer.stages.verify_code import sandbox_limits
+
+            self._sandbox = CodeSandbox(sandbox_limits(self.spec), concurrency=self.concurrency)
             print(f"code sandbox: {self._sandbox.isolation}", file=sys.stderr)
         return self._sandbox
+
+    def code_verdict(self, item: CodeItem) -> tuple[bool, str]:
+        """From the sandbox pods' verdict shards when given, else run it here."""
+        if self.sandbox_verdicts is not None:
+            verdict = judge(item.plan, self.sandbox_verdicts.use(item))
+        else:
+            verdict = self.sandbox.run(item.code, item.plan)
+        self.counts[f"code_{verdict.category}"] += 1
+        return verdict.passed, f"code: {verdict.reason}"
 
     def close(self) -> None:
         if self._math is not None:
             self._math.close()
+        if self._sandbox is not None:
+            self._sandbox.close()
 
 
 def plan_units(spec: FusionConfig, layout: RunLayout, phase: Phase) -> list[Unit]:
@@ -196,23 +206,19 @@ def _code_verdicts(
 ) -> list[tuple[bool | None, str]]:
     def verdict(record: SampleRecord) -> tuple[bool | None, str]:
         tests = labels.get(record["prompt_id"], (None, None))[1]
-        if not tests:
-            return None, "code: no tests"
-        try:
-            plan = plan_tests(tests)
-        except TestFormatError as exc:
-            return None, f"code: unusable tests for prompt {record['prompt_id']}: {exc}"
-        code = extract_code(record["answer"])
-        if code is None:
-            return False, "code: no code block in the answer"
-        problem = static_check(code)
-        if problem:
-            return False, f"code: {problem}"
-        result = scorers.sandbox.run(code, plan)
-        return result.passed, f"code: {result.reason}"
+        prepared = prepare_answer(record, tests)  # type: ignore[arg-type]
+        return scorers.code_verdict(prepared) if isinstance(prepared, CodeItem) else prepared
 
     with ThreadPoolExecutor(scorers.concurrency) as pool:
         return list(pool.map(verdict, records))
+
+
+def load_sandbox_verdicts(spec: FusionConfig, layout: RunLayout, phase: Phase) -> VerdictShards:
+    count = spec.scoring.code_execution.sandbox_pods
+    try:
+        return VerdictShards.load([layout.sandbox_verdicts(phase, i, count) for i in range(count)])
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -237,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
     )
+    parser.add_argument(
+        "--sandbox-verdicts",
+        action="store_true",
+        help="Take code verdicts from `stage verify-code`'s shards instead of running code here.",
+    )
     return parser
 
 
@@ -248,6 +259,8 @@ def run(args: argparse.Namespace, loader: Loader = load_reward_model) -> dict[st
     index, count = args.shard
     units = plan_units(config.spec, layout, args.phase)[index::count]
     scorers = Scorers(config.spec, args.device, max(1, args.concurrency), loader)
+    if getattr(args, "sandbox_verdicts", False):
+        scorers.sandbox_verdicts = load_sandbox_verdicts(config.spec, layout, args.phase)
     progress = ProgressReporter("score", unit="shards", metrics_port=args.metrics_port)
     progress.set_total(len(units))
     started = time.monotonic()
@@ -277,6 +290,9 @@ def run(args: argparse.Namespace, loader: Loader = load_reward_model) -> dict[st
     }
     if scorers._sandbox is not None:
         summary["sandbox_isolation"] = scorers._sandbox.isolation
+    if scorers.sandbox_verdicts is not None:
+        summary["sandbox_isolation"] = "; ".join(sorted(scorers.sandbox_verdicts.isolation))
+        summary["sandbox_verdicts_merged"] = len(scorers.sandbox_verdicts.used)
     name = f"score-{args.phase}" + (f"-shard-{index}-of-{count}" if count > 1 else "")
     atomic_write_json(layout.stage_record(name), summary)
     return summary

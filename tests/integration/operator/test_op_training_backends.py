@@ -211,6 +211,29 @@ async def test_suspend_resume_and_kueue_with_either_backend(emulator, tmp_path, 
     assert condition(emulator, "ns1", "quickstart", "Succeeded") == "True"
 
 
+@pytest.mark.parametrize("backend", ["trainjob", "pytorchjob"])
+async def test_suspend_without_kueue_suspends_the_training_job_in_place(emulator, tmp_path, backend) -> None:
+    trainer_cluster(emulator, trainjob=backend == "trainjob", pytorchjob=backend == "pytorchjob")
+    key = KEYS[backend]
+    url = "/apis/kubefusion.dev/v1alpha1/namespaces/ns1/fusionruns/quickstart"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("quickstart"))
+        (sft,) = await advance_until(emulator, lambda: children(emulator, key), "the sft training job")
+        uid = emulator.find(key, "ns1", sft)["metadata"]["uid"]
+        assert (await emulator.patch(url, json={"spec": {"suspend": True}}, headers=merge)).status == 200
+        await wait_for(
+            lambda: SUSPEND_FIELD[backend](emulator.find(key, "ns1", sft)) is True, what="suspended"
+        )
+        assert (await emulator.patch(url, json={"spec": {"suspend": False}}, headers=merge)).status == 200
+        await wait_for(
+            lambda: SUSPEND_FIELD[backend](emulator.find(key, "ns1", sft)) is False, what="resumed"
+        )
+        assert emulator.find(key, "ns1", sft)["metadata"]["uid"] == uid  # the same job, paused in place
+        await drive_to_end(emulator, "quickstart")
+    assert condition(emulator, "ns1", "quickstart", "Succeeded") == "True"
+
+
 async def test_trainjob_progress_reaches_the_run_status(emulator, tmp_path) -> None:
     trainer_cluster(emulator, trainjob=True, pytorchjob=False)
     async with operator_running(emulator, tmp_path):

@@ -12,12 +12,20 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from kubefusion_operator.api_pods import (
+    ModelCache,
+    PodSecurityConfig,
+    Quantity,
+    SchedulingConfig,
+    Toleration,
+)
 from kubefusion_trainer.config import (
     CamelModel,
     FusionConfig,
     RunConfig,
     RunName,
     SourceConfig,
+    TargetConfig,
     TrainingConfig,
     TrainingHyperparameters,
 )
@@ -32,23 +40,6 @@ SHORT_NAMES = ["fr"]
 CATEGORIES = ["kubefusion"]
 
 RETRY_ANNOTATION = f"{GROUP}/retry-stage"
-
-Quantity = Annotated[
-    int | str,
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
-]
-
-
-class Toleration(CamelModel):
-    """A Kubernetes toleration."""
-
-    key: str | None = Field(None, max_length=316, description="Taint key (empty with Exists: all taints).")
-    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal. Default Equal.")
-    value: str | None = Field(None, max_length=253, description="Taint value (with Equal).")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        None, description="Taint effect to tolerate (empty: all)."
-    )
-    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
 
 
 class ResourceRequirements(CamelModel):
@@ -80,7 +71,9 @@ class ServingConfig(CamelModel):
     node_selector: dict[str, str] | None = Field(None, description="Node labels the server pods need.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Pod tolerations.")
     resources: ResourceRequirements | None = Field(
-        None, description="CPU/memory requests and limits (GPUs come from gpus)."
+        None,
+        description="CPU/memory requests and limits (GPUs come from gpus). Default: requests of 8 CPUs and "
+        "64Gi memory per GPU (4 CPUs, 16Gi without GPUs).",
     )
 
 
@@ -88,6 +81,15 @@ class Source(SourceConfig):
     """A source LLM: what to sample and how to serve it."""
 
     serving: ServingConfig = Field(default_factory=ServingConfig, description="vLLM serving settings.")
+
+
+class Target(TargetConfig):
+    """The model being trained; WRPO serves its SFT checkpoint to sample it."""
+
+    serving: ServingConfig = Field(
+        default_factory=ServingConfig,
+        description="How WRPO serves the SFT target (1 GPU, no extra arguments by default).",
+    )
 
 
 class ServingPolicy(CamelModel):
@@ -98,6 +100,9 @@ class ServingPolicy(CamelModel):
     )
     allow_gpu_overlap: bool = Field(
         False, description="Let GPU stages overlap (e.g. scoring while sources still serve). Default false."
+    )
+    model_cache: ModelCache = Field(
+        default_factory=ModelCache, description="Where servers keep downloaded weights."
     )
 
 
@@ -176,6 +181,7 @@ class FusionRunSpec(FusionConfig):
     """The desired fusion run. Immutable after creation, except suspend."""
 
     sources: list[Source] = Field(..., min_length=1, max_length=16, description="Source LLMs.")  # type: ignore[assignment]
+    target: Target = Field(..., description="The small model being trained.")  # type: ignore[assignment]
     serving: ServingPolicy = Field(default_factory=ServingPolicy, description="Run-wide serving limits.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="The run's storage.")
     credentials: Credentials = Field(default_factory=Credentials, description="Secret references.")
@@ -186,13 +192,28 @@ class FusionRunSpec(FusionConfig):
         None, max_length=63, description="Kueue LocalQueue for the run's Jobs and PyTorchJobs."
     )
     suspend: bool = Field(False, description="Pause the run: servers scale to zero, Jobs are suspended.")
+    stage_deadline_seconds: dict[str, Annotated[int, Field(ge=60)]] = Field(
+        default_factory=dict,
+        description="Most seconds a stage's Job or training job may run, by stage name (e.g. score: 7200); "
+        "past it the stage fails with DeadlineExceeded. Default: no deadline.",
+    )
+    pod_security: PodSecurityConfig = Field(
+        default_factory=PodSecurityConfig,
+        description="User and group ids of the run's pods (they always meet the restricted Pod Security "
+        "profile).",
+    )
+    scheduling: SchedulingConfig = Field(
+        default_factory=SchedulingConfig,
+        description="Node selection, tolerations, affinity and priority of the run's pods.",
+    )
 
     def to_fusion_config(self) -> FusionConfig:
         """The part stage processes read (no serving, storage or credentials)."""
         cluster_only = set(FusionRunSpec.model_fields) - set(FusionConfig.model_fields)
-        data = self.model_dump(exclude={*cluster_only, "sources", "training"})
+        data = self.model_dump(exclude={*cluster_only, "sources", "target", "training"})
         data["training"] = self.training.model_dump(exclude=CLUSTER_TRAINING_FIELDS)
         data["sources"] = [s.model_dump(exclude={"serving"}) for s in self.sources]
+        data["target"] = self.target.model_dump(exclude={"serving"})
         return FusionConfig.model_validate(data)
 
     def to_run_config(
@@ -231,7 +252,10 @@ class Condition(CamelModel):
     """A Kubernetes-style condition."""
 
     type: str = Field(
-        ..., max_length=316, description="Ready, Succeeded, Failed, Progressing, Stalled or Suspended."
+        ...,
+        max_length=316,
+        description="Ready, Succeeded, Failed, Progressing, Reconciling, Stalled, Suspended, Blocked (pods "
+        "that cannot be created or scheduled) or ReconcileFailed.",
     )
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field(..., max_length=1024, description="CamelCase machine-readable reason.")

@@ -23,7 +23,7 @@ def _validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.file:
         try:
-            run = load_fusionrun(path)
+            run = load_fusionrun(path, cluster=args.cluster)
         except InvalidFusionRun as exc:
             print(exc, file=sys.stderr)
             failed += 1
@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check FusionRun files: schema and semantic rules")
     validate.add_argument(
         "-f", "--file", action="append", required=True, help="a FusionRun YAML (repeatable)"
+    )
+    validate.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also check what a run on Kubernetes needs (spec.storage.pvc), as the operator does",
     )
     validate.set_defaults(func=_validate)
 

@@ -51,6 +51,9 @@ class OperatorConfig:
     discovery_interval: float = 30.0  # least seconds between discovery probes while a run waits for a CRD
 
 
+CHILD_WATCHES = ("Deployment", "Job", "PyTorchJob", "TrainJob")  # children whose events trigger a reconcile
+
+
 def _finished(status: Any) -> bool:
     for cond in (status or {}).get("conditions") or []:
         if cond.get("type") in ("Succeeded", "Failed") and cond.get("status") == "True":
@@ -87,6 +90,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.batching.idle_timeout = max(config.batch_window * 10, 1.0)
         settings.batching.exit_timeout = config.exit_timeout
         settings.peering.standalone = True
+        # Watch only the run's children, selected by the API server: kopf's `labels=` handler filter
+        # is applied client-side, after every Deployment and Job of the cluster was streamed to us.
+        for child_kind in CHILD_WATCHES:
+            kind = KINDS[child_kind]
+            settings.watching.label_selectors[kind.group, kind.plural] = RUN_LABEL
         memo.setdefault("metrics", OperatorMetrics())
         memo.locks = {}
         memo.finished = {}  # namespace/name -> finished? for the runs this operator has seen
@@ -224,7 +232,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     # kopf watches only kinds the cluster serves (it notices CRDs installed later where it may list
     # CRDs); the ticker's reconciles cover the rest.
-    for kind_name in ("Deployment", "Job", "PyTorchJob", "TrainJob"):
+    for kind_name in CHILD_WATCHES:
         kind = KINDS[kind_name]
 
         @kopf.on.event(

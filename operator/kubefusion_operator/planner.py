@@ -21,7 +21,8 @@ A *task* is one unit of work; a *stage* (stages.recipe_stages) groups tasks for 
     score-target    score-target                  (wrpo)   job
     build-wrpo      build-wrpo                    (wrpo)   job
     wrpo            wrpo                          (wrpo)   train
-    evaluate        evaluate           (spec.evaluation)   job
+    evaluate        serve-candidates/<c> (original, sft,   server (spec.evaluation)
+                    dpo or wrpo), evaluate                 job (needs every candidate's server READY)
 
 Usage (any executor)::
 
@@ -51,6 +52,7 @@ from enum import StrEnum
 
 from kubefusion_operator.api import FusionRunSpec
 from kubefusion_operator.stages import has_code, recipe_stages
+from kubefusion_trainer.layout import candidate_endpoint
 
 
 class TaskKind(StrEnum):
@@ -189,7 +191,7 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
     )
     last = "sft"
     if spec.recipe == "wrpo":
-        target_gpus = spec.sources[0].serving.gpus  # the target is small: serve it like the first source
+        target_gpus = spec.target.serving.gpus
         plan.add(
             Task(
                 "serve-target",
@@ -266,12 +268,29 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
         )
         last = "dpo"
     if spec.evaluation is not None:
+        # Every candidate answers through its own server, as the sources did (greedy requests), so no
+        # model generates on the evaluate pod's CPU; the servers go once the scorecard is written.
+        servers = [
+            plan.add(
+                Task(
+                    f"serve-candidates/{candidate}",
+                    "evaluate",
+                    TaskKind.SERVER,
+                    (last,),
+                    spec.target.serving.gpus > 0,
+                    model=model,
+                    served_name=candidate_endpoint(candidate),
+                    endpoint=candidate_endpoint(candidate),
+                )
+            )
+            for candidate, model in evaluation_candidates(spec).items()
+        ]
         plan.add(
             Task(
                 "evaluate",
                 "evaluate",
                 TaskKind.JOB,
-                (last,),
+                (last, *(s.name for s in servers)),
                 scoring_gpu,
                 ("stage", "evaluate"),
                 record="evaluate",
@@ -280,6 +299,15 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
     known_stages = {s.name for s in recipe_stages(spec)}
     assert all(t.stage in known_stages for t in plan.tasks), "planner and stages.py disagree"
     return plan.tasks
+
+
+def evaluation_candidates(spec: FusionRunSpec) -> dict[str, str]:
+    """The models the evaluate stage compares: name -> model (hub id, or a path on the run's storage)."""
+    second = "wrpo" if spec.recipe == "wrpo" else ("dpo" if spec.training.dpo is not None else None)
+    candidates = {"original": spec.target.model, "sft": "train/sft/final"}
+    if second is not None:
+        candidates[second] = f"train/{second}/final"
+    return candidates
 
 
 def _verify_code(
@@ -305,8 +333,8 @@ def _verify_code(
 
 
 def _server_wanted(task: Task, tasks: list[Task], state: Mapping[str, TaskState]) -> bool:
-    """A server is wanted while some sampling task that calls it is unfinished."""
-    consumers = [t for t in tasks if t.server == task.name]
+    """A server is wanted while some task that calls it (or needs it) is unfinished."""
+    consumers = [t for t in tasks if t.server == task.name or task.name in t.needs]
     return any(state[c.name] != TaskState.SUCCEEDED for c in consumers)
 
 
@@ -399,7 +427,14 @@ def stage_states(spec: FusionRunSpec, observed: Mapping[str, TaskState | str]) -
     tasks = plan_tasks(spec)
     out: dict[str, str] = {}
     for stage in recipe_stages(spec):
-        states = [TaskState(observed.get(t.name, TaskState.PENDING)) for t in tasks if t.stage == stage.name]
+        stage_tasks = [t for t in tasks if t.stage == stage.name]
+        work = [t for t in stage_tasks if t.kind != TaskKind.SERVER] or stage_tasks
+        # A stage with work besides its servers (evaluate) is as far as its work; a live server runs it.
+        states = [TaskState(observed.get(t.name, TaskState.PENDING)) for t in work]
+        if work is not stage_tasks and TaskState(observed.get(work[0].name, "Pending")) == TaskState.PENDING:
+            states += [
+                TaskState(observed.get(t.name, "Pending")) for t in stage_tasks if t.kind == TaskKind.SERVER
+            ]
         if stage.name in ("serve-sources", "serve-target"):
             # A server's work is done when its samplers are; it is then deleted, not "Succeeded".
             consumers = [t for t in tasks if t.server and t.server.startswith(stage.name)]

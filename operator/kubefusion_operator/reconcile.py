@@ -12,6 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubefusion_operator.api import RETRY_ANNOTATION, FusionRunSpec, as_dict
+from kubefusion_operator.blockers import CONDITION as BLOCKED
+from kubefusion_operator.blockers import (
+    Blocker,
+    find_blockers,
+    spare_waiting_servers,
+    with_blocked_condition,
+)
 from kubefusion_operator.discovery import OPTIONAL_KINDS, BackendChoice, Discovery
 from kubefusion_operator.kube import CHILD_KINDS, ApiError, KubeApi
 from kubefusion_operator.metrics import OperatorMetrics
@@ -27,7 +34,7 @@ from kubefusion_operator.planner import (
 )
 from kubefusion_operator.render.configmap import build_config_map
 from kubefusion_operator.render.names import DEFAULT_TRAINING_RUNTIME, RUN_LABEL, RenderContext, label_value
-from kubefusion_operator.render.serving import build_deployment
+from kubefusion_operator.render.serving import STARTUP_BUDGET_SECONDS, build_deployment
 from kubefusion_operator.render.task import build_task_children
 from kubefusion_operator.scrape import UNITS, scrape_progress
 from kubefusion_operator.status import (
@@ -69,6 +76,11 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         elif value != before:
             patch[key] = value
     return patch
+
+
+def _kueue_owns(ctx: RenderContext, task: Task) -> bool:
+    """Kueue admits (and unsuspends) the run's batch workloads; servers are scaled, not suspended."""
+    return bool(ctx.spec.queue_name) and task.kind != TaskKind.SERVER
 
 
 class ChildRefused(Exception):
@@ -124,7 +136,9 @@ class Reconciler:
         generation = int(meta.get("generation") or 1)
         try:
             run = validate_document(
-                {k: v for k, v in body.items() if k != "status"} | {"status": None}, f"FusionRun {key}"
+                {k: v for k, v in body.items() if k != "status"} | {"status": None},
+                f"FusionRun {key}",
+                cluster=True,
             )
         except InvalidFusionRun as exc:
             message = "; ".join(str(e) for e in exc.errors)[:4000]
@@ -164,6 +178,8 @@ class Reconciler:
             queued_by_kueue=bool(spec.queue_name),
             child_states=CHILD_STATES,
         )
+        pods, blockers = await self._blockers(namespace, name, tasks, states, refs, children)
+        failures = [f for f in failures if states[f.task] == TaskState.FAILED]
         retry = (meta.get("annotations") or {}).get(RETRY_ANNOTATION)
         actions = next_actions(spec, states, suspended=spec.suspend, retry=retry, tasks=tasks)
         phase, failure, waiting = await self._act(
@@ -180,7 +196,7 @@ class Reconciler:
             and self.config.scrape
             and any(s in (TaskState.RUNNING, TaskState.READY) for s in states.values())
         ):
-            pods = await self.api.list("Pod", namespace, {RUN_LABEL: name})
+            pods = pods if pods is not None else await self.api.list("Pod", namespace, {RUN_LABEL: name})
             progress = await scrape_progress(
                 pods,
                 {label_value(t.name): t.name for t in tasks},
@@ -194,7 +210,7 @@ class Reconciler:
             obs.reason, obs.message = choice.reason, choice.message
             if previous.conditions and not any(c.reason == choice.reason for c in previous.conditions):
                 emit("Warning", choice.reason, choice.message)
-        new = await self._write_status(body, previous, spec, obs, emit)
+        new = await self._write_status(body, previous, spec, obs, emit, blockers)
         counts = new.counts
         self.metrics.observe_run(
             key,
@@ -243,6 +259,12 @@ class Reconciler:
                 states[task.name] = TaskState.PENDING
                 stopped = "ServerStopped" if task.kind == TaskKind.SERVER else "StageStopped"
                 emit("Normal", stopped, f"{task.name}: {action.message}")
+            elif action.type == ActionType.SUSPEND and task is not None and _kueue_owns(ctx, task):
+                # Kueue unsuspends a workload it admitted, so a suspended Job would just restart: stop it
+                # instead; it is created again on resume and carries on from its completion records.
+                await self._delete_task(ctx, task, refs)
+                states[task.name] = TaskState.PENDING
+                emit("Normal", "StageStopped", f"{task.name}: stopped for spec.suspend (queued by Kueue)")
             elif action.type in (ActionType.SUSPEND, ActionType.RESUME) and task is not None:
                 await self._set_suspended(ctx, task, action.type == ActionType.SUSPEND)
                 states[task.name] = (
@@ -312,6 +334,26 @@ class Reconciler:
                     "Job", ctx.namespace, obj["metadata"]["name"], {"spec": {"suspend": suspended}}
                 )
 
+    async def _blockers(
+        self,
+        namespace: str,
+        name: str,
+        tasks: list[Task],
+        states: dict[str, TaskState],
+        refs: dict[str, list[str]],
+        children: dict[str, list[dict[str, Any]]],
+    ) -> tuple[list[dict[str, Any]] | None, list[Blocker]]:
+        """Pods that cannot be created or scheduled (blockers.py); the run's pods when they were listed."""
+        waiting = any(s == TaskState.RUNNING for s in states.values())
+        failed_servers = any(t.kind == TaskKind.SERVER and states[t.name] == TaskState.FAILED for t in tasks)
+        if not (waiting or failed_servers):
+            return None, []
+        pods = await self.api.list("Pod", namespace, {RUN_LABEL: name})
+        spare_waiting_servers(tasks, states, pods, STARTUP_BUDGET_SECONDS, _now())
+        events = await self.api.list("Event", namespace, {}, fields={"reason": "FailedCreate"})
+        kinds = {ref: task for task, task_refs in refs.items() for ref in task_refs}
+        return pods, find_blockers(tasks, states, children, pods, events, kinds)
+
     async def _patch_child(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
         try:
             await self.api.patch(kind, namespace, name, patch)
@@ -345,7 +387,13 @@ class Reconciler:
         return True
 
     async def _write_status(
-        self, body: dict[str, Any], previous: Any, spec: FusionRunSpec | None, obs: Observation, emit: Emit
+        self,
+        body: dict[str, Any],
+        previous: Any,
+        spec: FusionRunSpec | None,
+        obs: Observation,
+        emit: Emit,
+        blockers: list[Blocker] | None = None,
     ) -> Any:
         meta = body["metadata"]
         now = _now()
@@ -354,6 +402,14 @@ class Reconciler:
         else:
             root = RenderContext(meta["name"], meta["namespace"], meta.get("uid", ""), spec).storage_root
             new = build_status(spec, meta["name"], root, previous, obs, now)
+            new = with_blocked_condition(new, previous, blockers or [], obs.generation, now)
+            old_blocked = next((c for c in previous.conditions if c.type == BLOCKED), None)
+            new_blocked = next(c for c in new.conditions if c.type == BLOCKED)
+            if new_blocked.status == "True" and (
+                old_blocked is None
+                or (old_blocked.status, old_blocked.message) != ("True", new_blocked.message)
+            ):
+                emit("Warning", new_blocked.reason, new_blocked.message[:1000])
         self._record_transitions(previous, new, emit, now)
         await self._patch_status(meta, as_dict(previous), as_dict(new))
         return new

@@ -81,7 +81,12 @@ def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
         )
     if spec.evaluation is not None:
         stages.append(
-            Stage("evaluate", "scorecard: fused vs original target on held-out prompts", True, ("Job",))
+            Stage(
+                "evaluate",
+                "scorecard: fused vs original target on held-out prompts",
+                True,
+                ("Deployment + Service (vLLM) per candidate (original, sft, dpo/wrpo)", "Job"),
+            )
         )
     return stages
 

@@ -38,6 +38,11 @@ TrainStage = Literal["sft", "dpo", "wrpo"]
 TARGET_MODEL_NAME = "target"
 
 
+def candidate_endpoint(candidate: str) -> str:
+    """RunConfig.endpoints key (and served model name) of an evaluation candidate's server."""
+    return f"eval-{candidate}"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     root: Path

@@ -67,7 +67,10 @@ def child_name(run: str, suffix: str, reserve: int = 0) -> str:
 
 
 def task_suffix(task: Task) -> str:
-    """Per-source tasks: <source>-serve / <source>-sample; others: the task name (no clashes possible)."""
+    """Per-source tasks: <source>-serve / <source>-sample; evaluation candidates' servers: eval-<candidate>
+    (never ends like a source's); others: the task name (no clashes possible)."""
+    if task.name.startswith("serve-candidates/"):
+        return f"eval-{task.name.split('/', 1)[1]}"
     if "/" in task.name:
         source = task.name.split("/", 1)[1]
         return f"{source}-{'serve' if task.kind == 'server' else 'sample'}"

@@ -15,11 +15,22 @@ import copy
 from typing import Any
 
 from kubefusion_operator.planner import Task
+from kubefusion_operator.render import pods
 from kubefusion_operator.render.names import RenderContext, task_child_name
 from kubefusion_operator.render.training import procs_per_node, trainer_pod
 
 CONTAINER = "pytorch"  # the training operator looks for this container name
 MASTER_PORT = 23456  # the operator's default; it sets PET_MASTER_PORT/MASTER_PORT from this port
+
+
+def _run_policy(ctx: RenderContext, task: Task, suspended: bool) -> dict[str, Any]:
+    # backoffLimit 0: a failed rank fails the job (the operator retries the stage as a whole);
+    # cleanPodPolicy Running: the other ranks' pods go at once, giving their GPUs back.
+    policy: dict[str, Any] = {"backoffLimit": 0, "cleanPodPolicy": "Running", "suspend": suspended}
+    deadline = ctx.spec.stage_deadline_seconds.get(task.stage)
+    if deadline:
+        policy["activeDeadlineSeconds"] = deadline
+    return policy
 
 
 def build_pytorchjob(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dict[str, Any]:
@@ -38,10 +49,10 @@ def build_pytorchjob(ctx: RenderContext, task: Task, *, suspended: bool = False)
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": ctx.metadata(task_child_name(ctx.name, task), task, queue=True),
+        "metadata": pods.workload_metadata(ctx, task_child_name(ctx.name, task), task),
         "spec": {
             "nprocPerNode": str(procs_per_node(ctx, task)),
-            "runPolicy": {"backoffLimit": 0, "cleanPodPolicy": "Running", "suspend": suspended},
+            "runPolicy": _run_policy(ctx, task, suspended),
             "pytorchReplicaSpecs": replicas,
         },
     }

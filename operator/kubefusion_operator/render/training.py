@@ -64,12 +64,11 @@ def trainer_container(ctx: RenderContext, task: Task, name: str, *, shm: bool = 
 
 
 def trainer_pod(ctx: RenderContext, task: Task, container_name: str, *, shm: bool = True) -> dict[str, Any]:
-    """The pod template of a training node: labels to find it by, storage, config, /dev/shm (unless
-    something else provides it: a TrainJob's runtime does)."""
+    """The pod template of a training node: labels to find it by, storage, config, caches, /dev/shm
+    (unless something else provides it: a TrainJob's runtime does), the restricted security context
+    and spec.scheduling (render/pods.py)."""
+    vols = pods.volumes(ctx, shm=shm, model=ctx.spec.target.model)
     return {
-        "metadata": {"labels": ctx.labels(task), "annotations": pods.pod_annotations()},
-        "spec": {
-            "containers": [trainer_container(ctx, task, container_name, shm=shm)],
-            "volumes": pods.volumes(ctx, shm=shm),
-        },
+        "metadata": pods.template_metadata(ctx, task),
+        "spec": pods.pod_spec(ctx, task, [trainer_container(ctx, task, container_name, shm=shm)], vols),
     }

@@ -14,6 +14,7 @@ from typing import Any
 
 from kubefusion_operator.api import GROUP
 from kubefusion_operator.planner import Task
+from kubefusion_operator.render import pods
 from kubefusion_operator.render.names import RenderContext, task_child_name
 from kubefusion_operator.render.training import procs_per_node, trainer_image, trainer_pod
 
@@ -101,7 +102,7 @@ def build_trainjob(ctx: RenderContext, task: Task, *, suspended: bool = False) -
     return {
         "apiVersion": f"{TRAINER_GROUP}/v1alpha1",
         "kind": "TrainJob",
-        "metadata": ctx.metadata(task_child_name(ctx.name, task), task, queue=True),
+        "metadata": pods.workload_metadata(ctx, task_child_name(ctx.name, task), task),
         "spec": {
             "runtimeRef": runtime_ref(ctx),
             "suspend": suspended,

@@ -98,8 +98,14 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: st
         await asyncio.sleep(0.02)
 
 
+CLUSTER_STORAGE = {"pvc": "kubefusion-runs"}  # what a cluster run needs (validation.cluster_errors)
+
+
 def example(name: str, **spec_overrides: Any) -> dict[str, Any]:
+    """An example as a cluster run: a local-folder storage.uri (the quickstart's) becomes a PVC."""
     doc = yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())
+    if not doc["spec"].get("storage", {}).get("pvc"):
+        doc["spec"]["storage"] = dict(CLUSTER_STORAGE)
     doc["spec"].update(copy.deepcopy(spec_overrides))
     return doc
 

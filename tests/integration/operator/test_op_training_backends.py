@@ -191,18 +191,45 @@ async def test_suspend_resume_and_kueue_with_either_backend(emulator, tmp_path, 
         )
         await emulator.write(key, "ns1", sft, unsuspend)  # admitted
 
-        # The user pauses the run: the operator suspends the training job, then resumes it.
+        # The user pauses the run. Kueue would unsuspend a job it admitted, so the operator stops the
+        # queued training job instead (it resumes from its checkpoint) and creates it again on resume.
+        uid = job["metadata"]["uid"]
         assert (await emulator.patch(url, json={"spec": {"suspend": True}}, headers=merge)).status == 200
-        await wait_for(
-            lambda: SUSPEND_FIELD[backend](emulator.find(key, "ns1", sft)) is True, what="suspended"
-        )
+        await wait_for(lambda: emulator.find(key, "ns1", sft) is None, what="stopped")
         await wait_for(
             lambda: condition(emulator, "ns1", "quickstart", "Suspended") == "True", what="Suspended"
         )
         assert (await emulator.patch(url, json={"spec": {"suspend": False}}, headers=merge)).status == 200
         await wait_for(
+            lambda: (emulator.find(key, "ns1", sft) or {}).get("metadata", {}).get("uid") not in (None, uid),
+            what="created again",
+        )
+        recreated = emulator.find(key, "ns1", sft)
+        assert SUSPEND_FIELD[backend](recreated) is False
+        assert recreated["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+        await drive_to_end(emulator, "quickstart")
+    assert condition(emulator, "ns1", "quickstart", "Succeeded") == "True"
+
+
+@pytest.mark.parametrize("backend", ["trainjob", "pytorchjob"])
+async def test_suspend_without_kueue_suspends_the_training_job_in_place(emulator, tmp_path, backend) -> None:
+    trainer_cluster(emulator, trainjob=backend == "trainjob", pytorchjob=backend == "pytorchjob")
+    key = KEYS[backend]
+    url = "/apis/kubefusion.dev/v1alpha1/namespaces/ns1/fusionruns/quickstart"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    async with operator_running(emulator, tmp_path):
+        await create_run(emulator, example("quickstart"))
+        (sft,) = await advance_until(emulator, lambda: children(emulator, key), "the sft training job")
+        uid = emulator.find(key, "ns1", sft)["metadata"]["uid"]
+        assert (await emulator.patch(url, json={"spec": {"suspend": True}}, headers=merge)).status == 200
+        await wait_for(
+            lambda: SUSPEND_FIELD[backend](emulator.find(key, "ns1", sft)) is True, what="suspended"
+        )
+        assert (await emulator.patch(url, json={"spec": {"suspend": False}}, headers=merge)).status == 200
+        await wait_for(
             lambda: SUSPEND_FIELD[backend](emulator.find(key, "ns1", sft)) is False, what="resumed"
         )
+        assert emulator.find(key, "ns1", sft)["metadata"]["uid"] == uid  # the same job, paused in place
         await drive_to_end(emulator, "quickstart")
     assert condition(emulator, "ns1", "quickstart", "Succeeded") == "True"
 

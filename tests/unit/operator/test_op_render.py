@@ -156,7 +156,11 @@ def test_queue_and_suspend() -> None:
                 assert obj["spec"]["runPolicy"]["suspend"] is True
             if obj["kind"] == "Deployment":
                 assert obj["spec"]["replicas"] == 0
-            if obj["kind"] in ("Service", "Deployment"):
+            if obj["kind"] == "Deployment":  # Kueue's pod integration: servers count against quota
+                assert obj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+                pod_labels = obj["spec"]["template"]["metadata"]["labels"]
+                assert pod_labels["kueue.x-k8s.io/queue-name"] == "team-queue"
+            if obj["kind"] == "Service":
                 assert "kueue.x-k8s.io/queue-name" not in obj["metadata"]["labels"]
     assert {t.kind for t in plan_tasks(spec)} == set(TaskKind)
 

@@ -63,8 +63,10 @@ def test_candidates_answer_through_their_servers_greedily(
         )
     )
     result = subprocess.run(
-        [sys.executable, "-m", "kubefusion_operator", "stage", "evaluate", "--config", str(config)]
-        + ["--include-sources", "--max-new-tokens", "6"],
+        [
+            *(sys.executable, "-m", "kubefusion_operator", "stage", "evaluate", "--config", str(config)),
+            *("--include-sources", "--max-new-tokens", "6"),
+        ],
         env=subprocess_env(),
         capture_output=True,
         text=True,

@@ -157,7 +157,9 @@ class VerdictShards:
     def use(self, item: CodeItem) -> Observation:
         entry = self.observations.get(item.key)
         if entry is None:
-            raise ValueError(f"no sandbox verdict for answer {item.key}: rerun `kubefusion stage verify-code`")
+            raise ValueError(
+                f"no sandbox verdict for answer {item.key}: rerun `kubefusion stage verify-code`"
+            )
         if entry[0] != item.fingerprint:
             raise ValueError(f"the sandbox verdict for {item.key} is for other code or tests (stale shards)")
         if item.key in self.used:

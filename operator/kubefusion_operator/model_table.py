@@ -15,7 +15,7 @@ PUBLISHED = "[1]"
 CARD = "model card"
 REFERENCES = [
     "[1] published vLLM throughput benchmarks (Lambda, github.com/LambdaLabsML/vllm-benchmark, vLLM 0.6, BF16, "
-    "full batch), as quoted in issue 14: ~890 output tok/s per H100 for a 70B model at TP4; ~1,730 tok/s for "
+    "full batch): ~890 output tok/s per H100 for a 70B model at TP4; ~1,730 tok/s for "
     "Mistral-Large-2407 on 8 H100; H100 ~2x A100",
     "[2] scaled from the 70B figure by parameter count (decode at full batch reads every weight per step)",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubefusion_operator.api_pods import PodSecurity, Scheduling
-from kubefusion_operator.estimate import parameters_billions
+from kubefusion_operator.model_table import model_size
 from kubefusion_operator.planner import Task, TaskKind
 from kubefusion_operator.render.names import METRICS_PORT, QUEUE_LABEL, RenderContext, config_map_name
 
@@ -61,7 +61,7 @@ KNOWN_SIZES = {"mistral-large": 123.0, "mixtral-8x22b": 141.0, "mixtral-8x7b": 4
 def cache_size_gi(model: str | None) -> int:
     """Weights in bf16 (2 bytes per parameter) plus 20%, at least MIN_CACHE_GI."""
     known = [size for family, size in KNOWN_SIZES.items() if model and family in model.lower()]
-    billions = known[0] if known else (parameters_billions(model) if model else None)
+    billions = known[0] if known else (model_size(model, None)[0] if model else None)
     return max(MIN_CACHE_GI, int((billions or 0) * 2 * 1.2) + 1)
 
 

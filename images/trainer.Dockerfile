@@ -25,14 +25,18 @@ COPY trainer/ trainer/
 RUN echo "torch==${TORCH_VERSION}" > /tmp/constraints.txt \
     && pip install --constraint /tmp/constraints.txt ".[train]" \
     && rm /tmp/constraints.txt
-# A numeric non-root user; caches and DeepSpeed's JIT-built ops go to writable, mountable paths.
-RUN mkdir -p /var/cache/kubefusion && chown 65532:65532 /var/cache/kubefusion
+# A numeric non-root user; caches and DeepSpeed's JIT-built ops go to writable, mountable paths. The
+# operator mounts volumes over them (/tmp, the model cache); without those the directories stay usable by
+# any uid whose group is 0, as OpenShift's restricted SCC runs pods (a random uid, gid 0).
+RUN mkdir -p /var/cache/kubefusion/huggingface /var/cache/kubefusion/torch_extensions /var/cache/kubefusion/triton \
+    && chown -R 65532:0 /var/cache/kubefusion \
+    && chmod -R g=u /var/cache/kubefusion
 ENV PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     HF_HOME=/var/cache/kubefusion/huggingface \
     TORCH_EXTENSIONS_DIR=/var/cache/kubefusion/torch_extensions \
     TRITON_CACHE_DIR=/var/cache/kubefusion/triton
-USER 65532:65532
+USER 65532:0
 WORKDIR /tmp
 ENTRYPOINT ["kubefusion"]
 CMD ["--help"]

@@ -40,3 +40,38 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from kubefusion_trainer.tiny import build_tiny_world
 
     return build_tiny_world(tmp_path_factory.mktemp("tiny-world"))
+
+
+UNPRIVILEGED_TEST_USER = "kf-sandbox-test"
+
+
+def unprivileged_prefix() -> tuple[list[str], int | None]:
+    """A command prefix that runs a program as an unprivileged uid with no capabilities, and that uid.
+
+    As root: a system user made for the tests (useradd) and setpriv; otherwise we already are one.
+    """
+    import pwd
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0:
+        return [], None
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is needed to drop privileges")
+    try:
+        entry = pwd.getpwnam(UNPRIVILEGED_TEST_USER)
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                UNPRIVILEGED_TEST_USER,
+            ],
+            check=True,
+        )
+        entry = pwd.getpwnam(UNPRIVILEGED_TEST_USER)
+    drop = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+    return [*drop, "--inh-caps=-all", "--bounding-set=-all"], entry.pw_uid

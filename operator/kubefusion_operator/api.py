@@ -12,12 +12,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
+from kubefusion_operator.api_pods import (
+    ModelCache,
+    PodSecurityConfig,
+    Quantity,
+    SchedulingConfig,
+    Toleration,
+)
 from kubefusion_trainer.config import (
     CamelModel,
     FusionConfig,
     RunConfig,
     RunName,
     SourceConfig,
+    TargetConfig,
+    TrainingConfig,
     TrainingHyperparameters,
 )
 
@@ -31,23 +40,6 @@ SHORT_NAMES = ["fr"]
 CATEGORIES = ["kubefusion"]
 
 RETRY_ANNOTATION = f"{GROUP}/retry-stage"
-
-Quantity = Annotated[
-    int | str,
-    Field(json_schema_extra={"x-kubernetes-int-or-string": True}),
-]
-
-
-class Toleration(CamelModel):
-    """A Kubernetes toleration."""
-
-    key: str | None = Field(None, max_length=316, description="Taint key (empty with Exists: all taints).")
-    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal. Default Equal.")
-    value: str | None = Field(None, max_length=253, description="Taint value (with Equal).")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        None, description="Taint effect to tolerate (empty: all)."
-    )
-    toleration_seconds: int | None = Field(None, description="How long a NoExecute taint is tolerated.")
 
 
 class ResourceRequirements(CamelModel):
@@ -66,13 +58,22 @@ class ServingConfig(CamelModel):
     gpus: int = Field(1, ge=0, le=16, description="GPUs per replica; also vLLM's --tensor-parallel-size.")
     replicas: int = Field(1, ge=1, le=64, description="Server replicas behind the Service.")
     max_model_len: int | None = Field(None, ge=128, le=1048576, description="vLLM --max-model-len.")
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Answers one replica generates at once (vLLM --max-num-seqs). The sampling shards share "
+        "it, so no request waits in the server's queue. Default: --max-num-seqs from extraArgs, else 256.",
+    )
     extra_args: list[str] = Field(
         default_factory=list, max_length=64, description="Extra vLLM command-line arguments."
     )
     node_selector: dict[str, str] | None = Field(None, description="Node labels the server pods need.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Pod tolerations.")
     resources: ResourceRequirements | None = Field(
-        None, description="CPU/memory requests and limits (GPUs come from gpus)."
+        None,
+        description="CPU/memory requests and limits (GPUs come from gpus). Default: requests of 8 CPUs and "
+        "64Gi memory per GPU (4 CPUs, 16Gi without GPUs).",
     )
 
 
@@ -80,6 +81,15 @@ class Source(SourceConfig):
     """A source LLM: what to sample and how to serve it."""
 
     serving: ServingConfig = Field(default_factory=ServingConfig, description="vLLM serving settings.")
+
+
+class Target(TargetConfig):
+    """The model being trained; WRPO serves its SFT checkpoint to sample it."""
+
+    serving: ServingConfig = Field(
+        default_factory=ServingConfig,
+        description="How WRPO serves the SFT target (1 GPU, no extra arguments by default).",
+    )
 
 
 class ServingPolicy(CamelModel):
@@ -90,6 +100,9 @@ class ServingPolicy(CamelModel):
     )
     allow_gpu_overlap: bool = Field(
         False, description="Let GPU stages overlap (e.g. scoring while sources still serve). Default false."
+    )
+    model_cache: ModelCache = Field(
+        default_factory=ModelCache, description="Where servers keep downloaded weights."
     )
 
 
@@ -133,26 +146,74 @@ class Credentials(CamelModel):
     )
 
 
+class TrainingRuntimeRef(CamelModel):
+    """A Kubeflow Trainer v2 runtime the run's TrainJobs use instead of the one the chart ships."""
+
+    name: str = Field(..., min_length=1, max_length=253, description="Runtime name.")
+    kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(
+        "ClusterTrainingRuntime",
+        description="ClusterTrainingRuntime, or TrainingRuntime (in the run's namespace).",
+    )
+
+
+class ClusterTrainingConfig(TrainingConfig):
+    """Per-stage training settings, and which training operator runs them on a cluster."""
+
+    backend: Literal["auto", "trainjob", "pytorchjob"] = Field(
+        "auto",
+        description="auto: a Kubeflow Trainer v2 TrainJob when trainjobs.trainer.kubeflow.org is served, "
+        "else a PyTorchJob (training operator v1). trainjob or pytorchjob: that one only (the run "
+        "waits while it is not installed). Default auto.",
+    )
+    runtime: TrainingRuntimeRef | None = Field(
+        None,
+        description="TrainJobs only: the runtime to reference. It needs a replicated job and container "
+        "named node with the torch mlPolicy. Default: the operator's (--training-runtime), which the "
+        "Helm chart ships.",
+    )
+
+
 _MUTABLE_SPEC_FIELDS = {"suspend"}
+CLUSTER_TRAINING_FIELDS = {"backend", "runtime"}  # spec.training fields stage processes never see
 
 
 class FusionRunSpec(FusionConfig):
     """The desired fusion run. Immutable after creation, except suspend."""
 
     sources: list[Source] = Field(..., min_length=1, max_length=16, description="Source LLMs.")  # type: ignore[assignment]
+    target: Target = Field(..., description="The small model being trained.")  # type: ignore[assignment]
     serving: ServingPolicy = Field(default_factory=ServingPolicy, description="Run-wide serving limits.")
     storage: StorageConfig = Field(default_factory=StorageConfig, description="The run's storage.")
     credentials: Credentials = Field(default_factory=Credentials, description="Secret references.")
+    training: ClusterTrainingConfig = Field(  # type: ignore[assignment]
+        default_factory=ClusterTrainingConfig, description="Training stages and their backend."
+    )
     queue_name: str | None = Field(
         None, max_length=63, description="Kueue LocalQueue for the run's Jobs and PyTorchJobs."
     )
     suspend: bool = Field(False, description="Pause the run: servers scale to zero, Jobs are suspended.")
+    stage_deadline_seconds: dict[str, Annotated[int, Field(ge=60)]] = Field(
+        default_factory=dict,
+        description="Most seconds a stage's Job or training job may run, by stage name (e.g. score: 7200); "
+        "past it the stage fails with DeadlineExceeded. Default: no deadline.",
+    )
+    pod_security: PodSecurityConfig = Field(
+        default_factory=PodSecurityConfig,
+        description="User and group ids of the run's pods (they always meet the restricted Pod Security "
+        "profile).",
+    )
+    scheduling: SchedulingConfig = Field(
+        default_factory=SchedulingConfig,
+        description="Node selection, tolerations, affinity and priority of the run's pods.",
+    )
 
     def to_fusion_config(self) -> FusionConfig:
         """The part stage processes read (no serving, storage or credentials)."""
         cluster_only = set(FusionRunSpec.model_fields) - set(FusionConfig.model_fields)
-        data = self.model_dump(exclude={*cluster_only, "sources"})
+        data = self.model_dump(exclude={*cluster_only, "sources", "target", "training"})
+        data["training"] = self.training.model_dump(exclude=CLUSTER_TRAINING_FIELDS)
         data["sources"] = [s.model_dump(exclude={"serving"}) for s in self.sources]
+        data["target"] = self.target.model_dump(exclude={"serving"})
         return FusionConfig.model_validate(data)
 
     def to_run_config(
@@ -191,7 +252,10 @@ class Condition(CamelModel):
     """A Kubernetes-style condition."""
 
     type: str = Field(
-        ..., max_length=316, description="Ready, Succeeded, Failed, Progressing, Stalled or Suspended."
+        ...,
+        max_length=316,
+        description="Ready, Succeeded, Failed, Progressing, Reconciling, Stalled, Suspended, Blocked (pods "
+        "that cannot be created or scheduled) or ReconcileFailed.",
     )
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field(..., max_length=1024, description="CamelCase machine-readable reason.")
@@ -250,6 +314,11 @@ class FusionRunStatus(CamelModel):
     )
     counts: RunCounts | None = Field(None, description="Run-wide totals.")
     message: str | None = Field(None, max_length=32768, description="A one-line summary.")
+    training_backend: Literal["trainjob", "pytorchjob"] | None = Field(
+        None,
+        description="The training backend the run uses (spec.training.backend, auto resolved): set when "
+        "it is decided and kept once a training stage has started.",
+    )
     tasks: dict[str, StageState] = Field(
         default_factory=dict,
         description="State of each unit of work by planner task name (e.g. sample/<source>): finished work "

@@ -23,7 +23,7 @@ def _validate(args: argparse.Namespace) -> int:
     failed = 0
     for path in args.file:
         try:
-            run = load_fusionrun(path)
+            run = load_fusionrun(path, cluster=args.cluster)
         except InvalidFusionRun as exc:
             print(exc, file=sys.stderr)
             failed += 1
@@ -36,7 +36,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from kubefusion_operator.estimate import format_plan, plan_work
+    from kubefusion_operator.estimate import plan_work
+    from kubefusion_operator.plan_text import format_plan
     from kubefusion_operator.stages import recipe_stages
 
     try:
@@ -45,7 +46,7 @@ def _plan(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     print(f"FusionRun {run.name}")
-    print(format_plan(run.spec, recipe_stages(run.spec), plan_work(run.spec)))
+    print(format_plan(run.spec, recipe_stages(run.spec), plan_work(run.spec, args.gpu)))
     return 0
 
 
@@ -69,10 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument(
         "-f", "--file", action="append", required=True, help="a FusionRun YAML (repeatable)"
     )
+    validate.add_argument(
+        "--cluster",
+        action="store_true",
+        help="also check what a run on Kubernetes needs (spec.storage.pvc), as the operator does",
+    )
     validate.set_defaults(func=_validate)
 
-    plan = sub.add_parser("plan", help="print a run's stages, children and work counts")
+    plan = sub.add_parser(
+        "plan", help="print a run's stages, children, work counts, GPU-hours and wall-clock estimate"
+    )
     plan.add_argument("-f", "--file", required=True, help="a FusionRun YAML")
+    plan.add_argument(
+        "--gpu", choices=["h100", "a100"], default="h100", help="GPU type the estimate assumes (default h100)"
+    )
     plan.set_defaults(func=_plan)
 
     crd = sub.add_parser("crd", help="print the FusionRun CRD generated from the API models")

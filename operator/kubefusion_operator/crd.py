@@ -235,6 +235,7 @@ def build_crd() -> dict[str, Any]:
                         _condition_column("Succeeded"),
                         _condition_column("Ready"),
                         {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
+                        {"name": "Backend", "type": "string", "jsonPath": ".status.trainingBackend"},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                     "schema": {"openAPIV3Schema": openapi_schema()},

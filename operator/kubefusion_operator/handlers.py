@@ -27,10 +27,11 @@ from typing import Any
 import kopf
 
 from kubefusion_operator.api import GROUP, PLURAL, VERSION
+from kubefusion_operator.discovery import Discovery
 from kubefusion_operator.kube import KINDS, KubeApi, connection_info, load_configuration
 from kubefusion_operator.metrics import OperatorMetrics
 from kubefusion_operator.reconcile import ReconcileConfig, Reconciler, failure_report
-from kubefusion_operator.render.names import DEFAULT_IMAGE, RUN_LABEL
+from kubefusion_operator.render.names import DEFAULT_IMAGE, DEFAULT_TRAINING_RUNTIME, RUN_LABEL
 
 
 @dataclass
@@ -46,6 +47,11 @@ class OperatorConfig:
     scrape: bool = True  # read stage progress from stage pods' metrics endpoints
     retry_backoff: float = 2.0  # seconds before the first retry of a failed reconcile; doubles each time
     retry_backoff_max: float = 120.0  # cap of the retry delay
+    training_runtime: str = DEFAULT_TRAINING_RUNTIME  # the ClusterTrainingRuntime TrainJobs reference
+    discovery_interval: float = 30.0  # least seconds between discovery probes while a run waits for a CRD
+
+
+CHILD_WATCHES = ("Deployment", "Job", "PyTorchJob", "TrainJob")  # children whose events trigger a reconcile
 
 
 def _finished(status: Any) -> bool:
@@ -84,6 +90,11 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         settings.batching.idle_timeout = max(config.batch_window * 10, 1.0)
         settings.batching.exit_timeout = config.exit_timeout
         settings.peering.standalone = True
+        # Watch only the run's children, selected by the API server: kopf's `labels=` handler filter
+        # is applied client-side, after every Deployment and Job of the cluster was streamed to us.
+        for child_kind in CHILD_WATCHES:
+            kind = KINDS[child_kind]
+            settings.watching.label_selectors[kind.group, kind.plural] = RUN_LABEL
         memo.setdefault("metrics", OperatorMetrics())
         memo.locks = {}
         memo.finished = {}  # namespace/name -> finished? for the runs this operator has seen
@@ -101,7 +112,10 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         else:
             api = KubeApi.from_configuration(configuration, reload=load_configuration)
             memo.reconciler = Reconciler(
-                api, ReconcileConfig(config.image, scrape=config.scrape), memo.metrics
+                api,
+                ReconcileConfig(config.image, scrape=config.scrape, training_runtime=config.training_runtime),
+                memo.metrics,
+                Discovery(api.get_path, min_interval=config.discovery_interval),
             )
         return connection_info(configuration, trust_env=settings.networking.trust_env)
 
@@ -216,7 +230,9 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         for _attempts, pending in memo.retries.values():
             pending.cancel()
 
-    for kind_name in ("Deployment", "Job", "PyTorchJob"):
+    # kopf watches only kinds the cluster serves (it notices CRDs installed later where it may list
+    # CRDs); the ticker's reconciles cover the rest.
+    for kind_name in CHILD_WATCHES:
         kind = KINDS[kind_name]
 
         @kopf.on.event(

@@ -63,12 +63,15 @@ KINDS: dict[str, Kind] = {
     "ConfigMap": Kind("", "v1", "configmaps"),
     "Service": Kind("", "v1", "services"),
     "Pod": Kind("", "v1", "pods"),
+    "Event": Kind("", "v1", "events"),
     "Deployment": Kind("apps", "v1", "deployments"),
     "Job": Kind("batch", "v1", "jobs"),
+    "NetworkPolicy": Kind("networking.k8s.io", "v1", "networkpolicies"),
     "PyTorchJob": Kind("kubeflow.org", "v1", "pytorchjobs"),
+    "TrainJob": Kind("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
     "FusionRun": Kind(GROUP, VERSION, PLURAL),
 }
-CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "Job", "PyTorchJob")
+CHILD_KINDS = ("ConfigMap", "Service", "Deployment", "Job", "PyTorchJob", "TrainJob", "NetworkPolicy")
 
 
 class ApiError(Exception):
@@ -264,14 +267,19 @@ class KubeApi:
                 return None
             raise
 
-    async def list(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
-        """Objects of a kind with these labels, as the server lists them (items have no kind/apiVersion).
+    async def list(
+        self, kind: str, namespace: str, labels: dict[str, str], fields: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects of a kind with these labels (and fields), as the server lists them (items have no
+        kind/apiVersion).
 
         [] when the server does not serve the kind (404: its CRD is not installed).
         """
-        selector = ",".join(f"{k}={v}" for k, v in labels.items())
+        params = {"labelSelector": ",".join(f"{k}={v}" for k, v in labels.items())}
+        if fields:
+            params["fieldSelector"] = ",".join(f"{k}={v}" for k, v in fields.items())
         try:
-            body = await self._call("GET", KINDS[kind].path(namespace), params={"labelSelector": selector})
+            body = await self._call("GET", KINDS[kind].path(namespace), params=params)
         except ApiError as exc:
             if exc.status == 404:
                 return []

@@ -1,7 +1,7 @@
 """`kubefusion operator`: run the kopf operator for FusionRuns.
 
     kubefusion operator [--namespace NS ...] [--metrics-port 8080] [--health-port 8081]
-                        [--image IMAGE] [--progress-interval 15] [--verbose]
+                        [--image IMAGE] [--training-runtime NAME] [--progress-interval 15] [--verbose]
 
 Without --namespace it serves every namespace (cluster-wide RBAC); with it, only those (globs like
 team-* work; the operator then also needs list/watch on namespaces to resolve them). It needs no
@@ -25,7 +25,7 @@ from prometheus_client import start_http_server
 
 from kubefusion_operator.handlers import OperatorConfig, build_registry
 from kubefusion_operator.metrics import OperatorMetrics
-from kubefusion_operator.render.names import DEFAULT_IMAGE
+from kubefusion_operator.render.names import DEFAULT_IMAGE, DEFAULT_TRAINING_RUNTIME
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between progress scrapes of a running run. Default 15",
     )
     parser.add_argument("--no-scrape", action="store_true", help="do not read progress from stage pods")
+    parser.add_argument(
+        "--training-runtime",
+        default=os.environ.get("KUBEFUSION_TRAINING_RUNTIME", DEFAULT_TRAINING_RUNTIME),
+        help="the ClusterTrainingRuntime TrainJobs reference unless a run names one (env "
+        f"KUBEFUSION_TRAINING_RUNTIME). Default {DEFAULT_TRAINING_RUNTIME}, which the Helm chart ships",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -120,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     config = OperatorConfig(
-        image=args.image, progress_interval=args.progress_interval, scrape=not args.no_scrape
+        image=args.image,
+        progress_interval=args.progress_interval,
+        scrape=not args.no_scrape,
+        training_runtime=args.training_runtime,
     )
     metrics = OperatorMetrics()
     served = start_metrics_server(metrics, args.metrics_port, args.bind)

@@ -6,7 +6,7 @@ come grouped by the kind they were listed as: a real API server's list items car
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,10 @@ def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
         if cond.get("type") == type_ and cond.get("status") == "True":
             return cond
     return None
+
+
+def condition_true(obj: Mapping[str, Any], type_: str) -> bool:
+    return _condition(obj, type_) is not None
 
 
 def job_state(job: Mapping[str, Any], *, queued_by_kueue: bool) -> TaskState:
@@ -74,6 +78,16 @@ def deployment_state(deploy: Mapping[str, Any]) -> TaskState:
     return TaskState.RUNNING
 
 
+StateFn = Callable[[Mapping[str, Any], bool], TaskState]  # (child, queued_by_kueue) -> its task's state
+# The kinds whose state is their task's state (a Service or ConfigMap has none); training backends
+# add theirs (training_backends.TRAINING_STATES).
+CORE_STATES: dict[str, StateFn] = {
+    "Deployment": lambda obj, _queued: deployment_state(obj),
+    "Job": lambda obj, queued: job_state(obj, queued_by_kueue=queued),
+    "PyTorchJob": lambda obj, queued: pytorchjob_state(obj, queued_by_kueue=queued),
+}
+
+
 def failure_of(kind: str, obj: Mapping[str, Any], task: str) -> ChildFailure:
     cond = None
     for type_ in ("Failed", "FailureTarget"):
@@ -92,6 +106,7 @@ def observe(
     persisted: Mapping[str, str],
     *,
     queued_by_kueue: bool = False,
+    child_states: Mapping[str, StateFn] = CORE_STATES,
 ) -> tuple[dict[str, TaskState], dict[str, list[str]], list[ChildFailure]]:
     """Task states, each task's live children (Kind/name), and failures, from the children and the status.
 
@@ -106,8 +121,8 @@ def observe(
         for obj in objs:
             name = task_of(obj)
             terminating = bool((obj.get("metadata") or {}).get("deletionTimestamp"))
-            if terminating and kind in ("Job", "PyTorchJob"):
-                continue  # being removed for a retry: the task is as good as cleared
+            if terminating and kind in child_states and kind != "Deployment":
+                continue  # a batch child being removed for a retry: the task is as good as cleared
             if name is not None:
                 by_task.setdefault(name, []).append((kind, obj))
     states: dict[str, TaskState] = {}
@@ -116,22 +131,19 @@ def observe(
     for task in tasks:
         objs = by_task.get(task.name, [])
         refs[task.name] = sorted(child_ref(kind, o) for kind, o in objs)
-        main_kind = {TaskKind.SERVER: "Deployment", TaskKind.TRAIN: "PyTorchJob", TaskKind.JOB: "Job"}[
-            task.kind
-        ]
-        main = next((o for kind, o in objs if kind == main_kind), None)
+        # the child whose state is the task's (a Deployment, a Job, a training job)
+        main_kind, main = next(((kind, o) for kind, o in objs if kind in child_states), ("", None))
         recorded = persisted.get(task.name)
         if main is None:
             keep = task.kind != TaskKind.SERVER and recorded in (TaskState.SUCCEEDED, TaskState.FAILED)
             state = TaskState(recorded) if keep and recorded else TaskState.PENDING
         elif recorded == TaskState.SUCCEEDED and task.kind != TaskKind.SERVER:
             state = TaskState.SUCCEEDED  # a Job once seen complete stays complete
-        elif task.kind == TaskKind.SERVER:
-            state = deployment_state(main)
-        elif task.kind == TaskKind.TRAIN:
-            state = pytorchjob_state(main, queued_by_kueue=queued_by_kueue)
         else:
-            state = job_state(main, queued_by_kueue=queued_by_kueue)
+            # A job we suspended ourselves (recorded Suspended) is paused even under Kueue, so that
+            # resuming the run resumes it; any other suspended job is one Kueue has not admitted yet.
+            queued = queued_by_kueue and recorded != TaskState.SUSPENDED
+            state = child_states[main_kind](main, queued)
         if state == TaskState.FAILED and main is not None:
             failures.append(failure_of(main_kind, main, task.name))
         states[task.name] = state

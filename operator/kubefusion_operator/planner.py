@@ -10,16 +10,19 @@ A *task* is one unit of work; a *stage* (stages.recipe_stages) groups tasks for 
     prepare         prepare                                job
     serve-sources   serve-sources/<source> (one each)      server
     sample          sample/<source> (one each)             job (sharded: an Indexed Job on a cluster)
+    verify-code     verify-code          (code datasets)   job, sandboxed (untrusted code: sandbox pods)
     score           score                                  job
     build           build                                  job
     sft             sft                                    train
     dpo             dpo                       (fusechat3)  train
     serve-target    serve-target                  (wrpo)   server (serves train/sft/final)
     sample-target   sample-target                 (wrpo)   job
+    verify-code-target verify-code-target (wrpo, code)     job, sandboxed
     score-target    score-target                  (wrpo)   job
     build-wrpo      build-wrpo                    (wrpo)   job
     wrpo            wrpo                          (wrpo)   train
-    evaluate        evaluate           (spec.evaluation)   job
+    evaluate        serve-candidates/<c> (original, sft,   server (spec.evaluation)
+                    dpo or wrpo), evaluate                 job (needs every candidate's server READY)
 
 Usage (any executor)::
 
@@ -35,7 +38,7 @@ for a state it already caused, once the executor reports the new state):
   spec.serving.maxConcurrentSources at once (spec order); it is STOPPED (deleted) as soon as its
   sampling task Succeeded; a server whose sampling is done is never started again;
 - GPU tasks of different stages never overlap unless spec.serving.allowGpuOverlap;
-- a FAILED task fails the run (FAIL, and every live server is stopped); retry=<stage> turns the
+- a FAILED task fails the run (FAIL, and every live server or GPU task is stopped); retry=<stage> turns the
   stage's failed tasks into RETRY actions (the executor clears the task, then it starts again);
 - suspended=True: SUSPEND every RUNNING/READY task, start nothing; False: RESUME SUSPENDED tasks;
 - COMPLETE once every non-server task has Succeeded and no server is live.
@@ -48,7 +51,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from kubefusion_operator.api import FusionRunSpec
-from kubefusion_operator.stages import recipe_stages
+from kubefusion_operator.stages import has_code, recipe_stages
+from kubefusion_trainer.layout import candidate_endpoint
 
 
 class TaskKind(StrEnum):
@@ -71,7 +75,7 @@ LIVE_STATES = frozenset({TaskState.RUNNING, TaskState.READY})
 
 class ActionType(StrEnum):
     START = "start"  # create the task's process / children
-    STOP = "stop"  # delete a server (its work is done, or the run failed)
+    STOP = "stop"  # delete a task's children (a server whose work is done; GPU work of a failed run)
     SUSPEND = "suspend"  # pause a live task (scale to zero, suspend the Job)
     RESUME = "resume"  # undo SUSPEND
     RETRY = "retry"  # clear a failed task so that it starts again
@@ -96,6 +100,9 @@ class Task:
     endpoint: str | None = None  # servers: the RunConfig.endpoints key (source name, or "target")
     record: str | None = None  # the stage completion record the task writes (RunLayout.stage_record)
     server: str | None = None  # sampling tasks: the server task they call
+    # Runs untrusted code (LLM-written answers): an executor isolates it from the run's secrets, storage
+    # and network (sandbox pods on a cluster, sandboxed processes locally).
+    sandboxed: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,14 +154,15 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
         )
         sample_names.append(sample.name)
     scoring_gpu = spec.scoring.reward_model.gpus > 0
+    score_needs, score_options = _verify_code(plan, spec, "sources", tuple(sample_names))
     plan.add(
         Task(
             "score",
             "score",
             TaskKind.JOB,
-            tuple(sample_names),
+            score_needs,
             scoring_gpu,
-            ("stage", "score", "--phase", "sources"),
+            ("stage", "score", "--phase", "sources", *score_options),
             record="score-sources",
         )
     )
@@ -183,7 +191,7 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
     )
     last = "sft"
     if spec.recipe == "wrpo":
-        target_gpus = spec.sources[0].serving.gpus  # the target is small: serve it like the first source
+        target_gpus = spec.target.serving.gpus
         plan.add(
             Task(
                 "serve-target",
@@ -208,14 +216,15 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
                 server="serve-target",
             )
         )
+        target_needs, target_options = _verify_code(plan, spec, "target", ("sample-target",))
         plan.add(
             Task(
                 "score-target",
                 "score-target",
                 TaskKind.JOB,
-                ("sample-target",),
+                target_needs,
                 scoring_gpu,
-                ("stage", "score", "--phase", "target"),
+                ("stage", "score", "--phase", "target", *target_options),
                 record="score-target",
             )
         )
@@ -259,12 +268,29 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
         )
         last = "dpo"
     if spec.evaluation is not None:
+        # Every candidate answers through its own server, as the sources did (greedy requests), so no
+        # model generates on the evaluate pod's CPU; the servers go once the scorecard is written.
+        servers = [
+            plan.add(
+                Task(
+                    f"serve-candidates/{candidate}",
+                    "evaluate",
+                    TaskKind.SERVER,
+                    (last,),
+                    spec.target.serving.gpus > 0,
+                    model=model,
+                    served_name=candidate_endpoint(candidate),
+                    endpoint=candidate_endpoint(candidate),
+                )
+            )
+            for candidate, model in evaluation_candidates(spec).items()
+        ]
         plan.add(
             Task(
                 "evaluate",
                 "evaluate",
                 TaskKind.JOB,
-                (last,),
+                (last, *(s.name for s in servers)),
                 scoring_gpu,
                 ("stage", "evaluate"),
                 record="evaluate",
@@ -275,9 +301,40 @@ def plan_tasks(spec: FusionRunSpec) -> list[Task]:
     return plan.tasks
 
 
+def evaluation_candidates(spec: FusionRunSpec) -> dict[str, str]:
+    """The models the evaluate stage compares: name -> model (hub id, or a path on the run's storage)."""
+    second = "wrpo" if spec.recipe == "wrpo" else ("dpo" if spec.training.dpo is not None else None)
+    candidates = {"original": spec.target.model, "sft": "train/sft/final"}
+    if second is not None:
+        candidates[second] = f"train/{second}/final"
+    return candidates
+
+
+def _verify_code(
+    plan: _Plan, spec: FusionRunSpec, phase: str, samplers: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Add the phase's verify-code task when it has code answers; what its score task then needs and adds."""
+    if not has_code(spec, phase):
+        return samplers, ()
+    name = "verify-code" if phase == "sources" else "verify-code-target"
+    plan.add(
+        Task(
+            name,
+            name,
+            TaskKind.JOB,
+            samplers,
+            False,
+            ("stage", "verify-code", "--phase", phase),
+            record=f"verify-code-{phase}",
+            sandboxed=True,
+        )
+    )
+    return (name,), ("--sandbox-verdicts",)
+
+
 def _server_wanted(task: Task, tasks: list[Task], state: Mapping[str, TaskState]) -> bool:
-    """A server is wanted while some sampling task that calls it is unfinished."""
-    consumers = [t for t in tasks if t.server == task.name]
+    """A server is wanted while some task that calls it (or needs it) is unfinished."""
+    consumers = [t for t in tasks if t.server == task.name or task.name in t.needs]
     return any(state[c.name] != TaskState.SUCCEEDED for c in consumers)
 
 
@@ -307,7 +364,11 @@ def next_actions(
             ]
         first = failed[0]
         actions = [Action(ActionType.FAIL, first.name, "StageFailed", f"task {first.name} failed")]
-        actions += [Action(ActionType.STOP, s.name, "RunFailed", "the run failed") for s in live_servers]
+        # Nothing keeps a GPU once the run has failed: live servers and GPU work of other stages stop.
+        holding = [
+            t for t in tasks if state[t.name] in LIVE_STATES and (t.kind == TaskKind.SERVER or t.uses_gpu)
+        ]
+        actions += [Action(ActionType.STOP, t.name, "RunFailed", "the run failed") for t in holding]
         return actions
 
     if suspended:
@@ -366,7 +427,14 @@ def stage_states(spec: FusionRunSpec, observed: Mapping[str, TaskState | str]) -
     tasks = plan_tasks(spec)
     out: dict[str, str] = {}
     for stage in recipe_stages(spec):
-        states = [TaskState(observed.get(t.name, TaskState.PENDING)) for t in tasks if t.stage == stage.name]
+        stage_tasks = [t for t in tasks if t.stage == stage.name]
+        work = [t for t in stage_tasks if t.kind != TaskKind.SERVER] or stage_tasks
+        # A stage with work besides its servers (evaluate) is as far as its work; a live server runs it.
+        states = [TaskState(observed.get(t.name, TaskState.PENDING)) for t in work]
+        if work is not stage_tasks and TaskState(observed.get(work[0].name, "Pending")) == TaskState.PENDING:
+            states += [
+                TaskState(observed.get(t.name, "Pending")) for t in stage_tasks if t.kind == TaskKind.SERVER
+            ]
         if stage.name in ("serve-sources", "serve-target"):
             # A server's work is done when its samplers are; it is then deleted, not "Succeeded".
             consumers = [t for t in tasks if t.server and t.server.startswith(stage.name)]

@@ -35,6 +35,8 @@ def metrics_url(pod: Mapping[str, Any]) -> str | None:
     if not ip or (pod.get("status") or {}).get("phase") != "Running":
         return None
     annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    if annotations.get("prometheus.io/scrape") == "false":
+        return None  # e.g. sandbox pods: no metrics, and their NetworkPolicy refuses us anyway
     port = annotations.get(METRICS_PORT_ANNOTATION, str(METRICS_PORT))
     return f"http://{ip}:{port}/metrics"
 

@@ -15,6 +15,21 @@ class Stage:
     children: tuple[str, ...]  # the Kubernetes objects this stage creates, in words
 
 
+TRAINING_CHILDREN = {
+    "trainjob": "TrainJob (Kubeflow Trainer v2)",
+    "pytorchjob": "PyTorchJob (training operator v1)",
+    "auto": "TrainJob, or a PyTorchJob where Kubeflow Trainer v2 is not installed (auto)",
+}
+
+
+def training_child(spec: FusionRunSpec, stage: str) -> str:
+    """What a training stage creates, in words: the backend (spec.training.backend) and its size."""
+    res = spec.training_stages()[stage].resources
+    gpus = f"{res.gpus_per_node} GPU" if res.gpus_per_node else "CPU"
+    deepspeed = f"DeepSpeed ZeRO-{res.zero_stage}" if res.zero_stage else "no DeepSpeed"
+    return f"{TRAINING_CHILDREN[spec.training.backend]}: {res.nodes} node(s) x {gpus}, {deepspeed}"
+
+
 def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
     sources = ", ".join(s.name for s in spec.sources)
     stages = [
@@ -29,6 +44,7 @@ def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
             ),
         ),
         Stage("sample", "sample N answers per prompt from every source", False, ("Indexed Job (CPU)",)),
+        *_verify_code(spec, "sources"),
         Stage(
             "score",
             "score answers: reward model, math answers, code tests",
@@ -36,7 +52,7 @@ def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
             ("Job (reward model GPU)",),
         ),
         Stage("build", "build the SFT data and preference pairs", False, ("Job (CPU)",)),
-        Stage("sft", "supervised fine-tuning of the target", True, ("PyTorchJob (DeepSpeed)",)),
+        Stage("sft", "supervised fine-tuning of the target", True, (training_child(spec, "sft"),)),
     ]
     if spec.recipe == "wrpo":
         stages += [
@@ -52,16 +68,38 @@ def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
                 False,
                 ("Indexed Job (CPU)",),
             ),
+            *_verify_code(spec, "target"),
             Stage("score-target", "score the target's answers", True, ("Job (reward model GPU)",)),
             Stage("build-wrpo", "build WRPO quadruples", False, ("Job (CPU)",)),
-            Stage("wrpo", "weighted-reward preference optimisation", True, ("PyTorchJob (DeepSpeed)",)),
+            Stage("wrpo", "weighted-reward preference optimisation", True, (training_child(spec, "wrpo"),)),
         ]
     else:
         stages.append(
-            Stage("dpo", "direct preference optimisation (FuseChat-3.0)", True, ("PyTorchJob (DeepSpeed)",))
+            Stage(
+                "dpo", "direct preference optimisation (FuseChat-3.0)", True, (training_child(spec, "dpo"),)
+            )
         )
     if spec.evaluation is not None:
         stages.append(
-            Stage("evaluate", "scorecard: fused vs original target on held-out prompts", True, ("Job",))
+            Stage(
+                "evaluate",
+                "scorecard: fused vs original target on held-out prompts",
+                True,
+                ("Deployment + Service (vLLM) per candidate (original, sft, dpo/wrpo)", "Job"),
+            )
         )
     return stages
+
+
+def has_code(spec: FusionRunSpec, phase: str) -> bool:
+    """Whether a phase scores code answers (target phase: datasets not sftOnly)."""
+    return any(d.domain == "code" and not (phase == "target" and d.sft_only) for d in spec.datasets)
+
+
+def _verify_code(spec: FusionRunSpec, phase: str) -> list[Stage]:
+    """The code-answer sandbox stage of a phase, when it has code datasets."""
+    if not has_code(spec, phase):
+        return []
+    name = "verify-code" if phase == "sources" else "verify-code-target"
+    children = ("Indexed Job of sandbox pods (CPU, restricted)", "NetworkPolicy (deny all)")
+    return [Stage(name, "run code answers against their tests in sandbox pods", False, children)]

@@ -89,6 +89,7 @@ class Observation:
     progress: Mapping[str, StageProgress] = field(default_factory=dict)  # task -> latest scraped progress
     message: str | None = None  # overrides the summary (e.g. an invalid spec)
     reason: str | None = None
+    training_backend: str | None = None  # trainjob | pytorchjob, once known
 
 
 def previous_status(raw: Mapping[str, Any] | None) -> FusionRunStatus:
@@ -143,6 +144,7 @@ def _sum_progress(items: list[StageProgress]) -> StageProgress | None:
         done=sum(p.done for p in items),
         total=None if any(t is None for t in totals) else sum(t or 0 for t in totals),
         unit=items[0].unit,
+        last_loss=next((p.last_loss for p in reversed(items) if p.last_loss is not None), None),
     )
 
 
@@ -205,7 +207,8 @@ def build_status(
     else:
         stage_name = current.name if current else None
         running = [r.name for r in records if r.state == "Running"]
-        reason, message = "Running", obs.message or f"running {', '.join(running) or stage_name}"
+        reason = obs.reason or "Running"
+        message = obs.message or f"running {', '.join(running) or stage_name}"
     progress_text = f"{done}/{len(records)} stages"
     if current is not None and current.progress and current.progress.total and obs.phase == "Progressing":
         pct = 100 * current.progress.done // max(current.progress.total, 1)
@@ -223,6 +226,7 @@ def build_status(
         counts=counts,
         message=message,
         tasks={k: v for k, v in task_states.items() if v != "Pending"},  # type: ignore[misc]
+        training_backend=obs.training_backend or previous.training_backend,  # type: ignore[arg-type]
     )
 
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubefusion_operator.api import FusionRun
+from kubefusion_operator.stages import recipe_stages
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,22 @@ def _semantic_errors(run: FusionRun) -> list[FieldError]:
             )
         if dataset.domain == "code" and not dataset.fields.tests:
             errors.append(FieldError(f"spec.datasets[{i}].fields.tests", "code datasets need a tests column"))
+    deadline_stages = {s.name for s in recipe_stages(run.spec)} - {"serve-sources", "serve-target"}
+    for stage in sorted(set(run.spec.stage_deadline_seconds) - deadline_stages):
+        errors.append(
+            FieldError(
+                f"spec.stageDeadlineSeconds.{stage}",
+                f"not a stage of this run with a Job ({', '.join(sorted(deadline_stages))})",
+            )
+        )
     for i, source in enumerate(run.spec.sources):
+        if run.spec.evaluation is not None and source.name.startswith("eval-"):
+            errors.append(
+                FieldError(
+                    f"spec.sources[{i}].name",
+                    "names starting with 'eval-' are taken by the evaluation candidates' servers",
+                )
+            )
         serving = source.serving
         if serving.max_model_len is not None and serving.max_model_len < source.sampling.max_tokens:
             errors.append(
@@ -102,8 +118,25 @@ def _semantic_errors(run: FusionRun) -> list[FieldError]:
     return errors
 
 
-def validate_document(doc: Any, source: str = "<input>") -> FusionRun:
-    """Parse and check one FusionRun document; raise InvalidFusionRun listing every problem."""
+def cluster_errors(run: FusionRun) -> list[FieldError]:
+    """What only a run on Kubernetes needs (the operator checks it; `kubefusion run` does not)."""
+    if run.spec.storage.pvc:
+        return []
+    given = f"spec.storage.uri {run.spec.storage.uri!r} is" if run.spec.storage.uri else "no storage is"
+    return [
+        FieldError(
+            "spec.storage.pvc",
+            f"a run on Kubernetes needs a ReadWriteMany PersistentVolumeClaim mounted in every pod; {given} "
+            "not mounted in pods (spec.storage.uri is for `kubefusion run` on one machine). "
+            "See docs/install.md, 'Before the first run'.",
+        )
+    ]
+
+
+def validate_document(doc: Any, source: str = "<input>", *, cluster: bool = False) -> FusionRun:
+    """Parse and check one FusionRun document; raise InvalidFusionRun listing every problem.
+
+    cluster=True adds the rules of a run on Kubernetes (cluster_errors)."""
     if not isinstance(doc, dict):
         raise InvalidFusionRun(
             source, [FieldError("<root>", f"expected a mapping, got {type(doc).__name__}")]
@@ -112,7 +145,7 @@ def validate_document(doc: Any, source: str = "<input>") -> FusionRun:
         run = FusionRun.model_validate(doc)
     except ValidationError as exc:
         raise InvalidFusionRun(source, _from_pydantic(exc)) from None
-    errors = _semantic_errors(run)
+    errors = _semantic_errors(run) + (cluster_errors(run) if cluster else [])
     if errors:
         raise InvalidFusionRun(source, errors)
     return run
@@ -126,8 +159,8 @@ def load_documents(path: str | Path) -> list[Any]:
         raise InvalidFusionRun(str(path), [FieldError("<yaml>", str(exc))]) from None
 
 
-def load_fusionrun(path: str | Path) -> FusionRun:
-    """The single FusionRun in a YAML file."""
+def load_fusionrun(path: str | Path, *, cluster: bool = False) -> FusionRun:
+    """The single FusionRun in a YAML file (cluster=True: with the rules of a run on Kubernetes)."""
     docs = load_documents(path)
     runs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "FusionRun"]
     if len(runs) != 1:
@@ -135,4 +168,4 @@ def load_fusionrun(path: str | Path) -> FusionRun:
         raise InvalidFusionRun(
             str(path), [FieldError("<file>", f"expected exactly one FusionRun, found {found}")]
         )
-    return validate_document(runs[0], str(path))
+    return validate_document(runs[0], str(path), cluster=cluster)

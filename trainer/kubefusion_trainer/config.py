@@ -87,6 +87,13 @@ class SourceConfig(CamelModel):
     sampling: SamplingParams = Field(
         default_factory=SamplingParams, description="Sampling parameters for this source."
     )
+    parameters_billions: float | None = Field(
+        None,
+        gt=0,
+        le=100000,
+        description="Model size for `kubefusion plan` when the model is not in its table of known models. "
+        "Default: from the table, else from the name (e.g. 70B).",
+    )
 
 
 class TargetConfig(CamelModel):
@@ -105,6 +112,13 @@ class TargetConfig(CamelModel):
     )
     samples_per_prompt: int = Field(
         5, ge=2, le=64, description="Answers sampled from the SFT target per DPO prompt (WRPO). Default 5."
+    )
+    parameters_billions: float | None = Field(
+        None,
+        gt=0,
+        le=100000,
+        description="Model size for `kubefusion plan` when the model is not in its table of known models. "
+        "Default: from the table, else from the name (e.g. 8B).",
     )
 
 
@@ -206,7 +220,22 @@ class RewardModelConfig(CamelModel):
 
     model: ModelRef
     trust_remote_code: bool = Field(False, description="Needed for ArmoRM-style models. Default false.")
-    batch_size: int = Field(16, ge=1, le=4096, description="Answers per forward pass. Default 16.")
+    parameters_billions: float | None = Field(
+        None,
+        gt=0,
+        le=100000,
+        description="Model size for `kubefusion plan` when the model is not in its table.",
+    )
+    batch_size: int = Field(
+        256, ge=1, le=4096, description="Most answers per forward pass (see tokensPerBatch). Default 256."
+    )
+    tokens_per_batch: int | None = Field(
+        None,
+        ge=1,
+        le=1048576,
+        description="Token budget of one forward pass: answers are length-sorted and packed while rows x the "
+        "longest row fit (one answer always fits). Default 16384 on a GPU, 2048 on CPU (cache-sized).",
+    )
     max_length: int = Field(
         4096, ge=16, le=131072, description="Tokens per scored conversation. Default 4096."
     )
@@ -233,6 +262,25 @@ class CodeExecutionLimits(CamelModel):
         10.0, gt=0.0, le=600.0, description="Wall-clock limit per answer. Default 10."
     )
     memory_mb: int = Field(512, ge=32, le=65536, description="Address-space limit per answer. Default 512.")
+    max_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Processes an answer may run at once, itself included (1: it may start none).",
+    )
+    sandbox_pods: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="On a cluster: sandbox pods (an Indexed Job, CPU only) that run the code answers. Default 4.",
+    )
+    runtime_class_name: str | None = Field(
+        None,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="On a cluster: RuntimeClass of the sandbox pods, e.g. gvisor or kata (stronger than "
+        "the default runtime against kernel exploits). Default: the cluster's default runtime.",
+    )
 
 
 class ScoringConfig(CamelModel):
@@ -242,6 +290,19 @@ class ScoringConfig(CamelModel):
     margin: MarginRange = Field(default_factory=MarginRange, description="Pair reward-gap range.")
     code_execution: CodeExecutionLimits = Field(
         default_factory=CodeExecutionLimits, description="Sandbox limits for code answers."
+    )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Score pods on a cluster (an Indexed Job; prompts split by id, each pod with "
+        "rewardModel.gpus GPUs). Default 1.",
+    )
+    cpus: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="CPUs each score pod requests; math checks and code runs use that many workers. Default 4.",
     )
 
 

@@ -38,6 +38,11 @@ TrainStage = Literal["sft", "dpo", "wrpo"]
 TARGET_MODEL_NAME = "target"
 
 
+def candidate_endpoint(candidate: str) -> str:
+    """RunConfig.endpoints key (and served model name) of an evaluation candidate's server."""
+    return f"eval-{candidate}"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     root: Path
@@ -134,6 +139,10 @@ class RunLayout:
     # scratch space on the run's storage (large temporary files; the stage removes it)
     def scratch_dir(self, name: str) -> Path:
         return self.root / "tmp" / name
+
+    # code answers run in sandboxes: per sandbox shard, the inputs it gets and the verdicts it returns
+    def sandbox_verdicts(self, phase: Phase, index: int, count: int) -> Path:
+        return self.root / "sandbox" / phase / f"verdicts-of-{count}" / str(index) / "verdicts.jsonl"
 
     # stage completion records
     def stage_record(self, stage: str) -> Path:

@@ -35,6 +35,11 @@ SHARD_PATTERN = re.compile(r"^shard-(\d{5})-of-(\d{5})\.jsonl$")
 CHUNK_PATTERN = re.compile(r"^chunk-(\d{6})-[0-9a-f]{8}\.jsonl$")
 
 
+def in_prompt_shard(prompt_id: str, index: int, count: int) -> bool:
+    """Whether a prompt belongs to shard `index` of `count`: its id, read as a hex number, modulo count."""
+    return int(prompt_id, 16) % count == index
+
+
 class ShardReadError(ValueError):
     """A committed shard or chunk holds a line that is not a JSON object (names the file and line)."""
 
@@ -137,6 +142,10 @@ class ShardWriter:
 
     def is_complete(self) -> bool:
         return self.path.is_file()
+
+    def pending_chunks(self) -> list[Path]:
+        """Committed chunks of this shard not yet assembled into its file."""
+        return self._own_chunks()
 
     def done_prompt_ids(self) -> set[str]:
         """Prompt ids already committed anywhere in the folder (shards of any count, and their chunks)."""

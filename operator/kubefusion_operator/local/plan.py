@@ -3,7 +3,8 @@
 Pure (no processes, no files): the runner executes it, `kubefusion status` reads it, tests check it.
 Each job or training task becomes one step that runs `python -m kubefusion_operator stage ...` exactly as
 the operator's pods do, and is done when its completion record (RunLayout.stage_record) exists. Server
-tasks become the server a sampling step holds open while it runs (one at a time on one machine).
+tasks become the servers a step holds open while it runs: a sampling step its source's (one at a time on
+one machine), the evaluate step one per candidate.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Step:
     records: tuple[str, ...]  # completion records; any one of them marks the step done
     serve: str | None = None  # a model to serve while the step runs: a source name, or "target"
     extra_args: tuple[str, ...] = field(default=())
+    also_serve: tuple[str, ...] = ()  # more servers (evaluate: eval-<candidate> endpoints)
 
     def command(self, python: str, config_file: str) -> list[str]:
         return [
@@ -53,6 +55,8 @@ _TITLES = {
     "wrpo": "train wrpo",
     "sample-target": "sample target",
     "score-target": "score target",
+    "verify-code": "verify code",
+    "verify-code-target": "verify code target",
     "build-wrpo": "build wrpo",
 }
 
@@ -79,7 +83,19 @@ def local_steps(spec: FusionRunSpec, concurrency: int = 64, device: str = "cpu")
             for part in _LOCAL_OPTIONS.get(stage_command, ())
         )
         server = servers[task.server].endpoint if task.server else None
+        more = tuple(
+            str(servers[n].endpoint)
+            for n in task.needs
+            if n in servers and n != task.server and servers[n].endpoint
+        )
         steps.append(
-            Step(_title(task.name), task.stage, tuple(task.command[1:]) + extra, (task.record,), serve=server)
+            Step(
+                _title(task.name),
+                task.stage,
+                tuple(task.command[1:]) + extra,
+                (task.record,),
+                serve=server,
+                also_serve=more,
+            )
         )
     return steps

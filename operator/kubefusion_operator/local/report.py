@@ -134,6 +134,7 @@ def render_markdown(
     sample_accuracy: dict[str, dict[str, float]],
     card: dict[str, Any] | None,
     plots: dict[str, str],
+    isolation: dict[str, str] | None = None,
 ) -> str:
     lines = [
         f"# Fusion run `{name}`",
@@ -188,6 +189,10 @@ def render_markdown(
         lines += ["## Sources' sampled answers", "", "Share of sampled answers that were correct:", ""]
         for dataset, per_source in sample_accuracy.items():
             lines.append(f"- {dataset}: " + ", ".join(f"{s} {_pct(v)}" for s, v in per_source.items()))
+        lines.append("")
+    if isolation:
+        lines += ["## Code sandbox", "", "How untrusted code answers were isolated, per step:", ""]
+        lines += [f"- {step}: {how}" for step, how in isolation.items()]
         lines.append("")
     if "rewards" in plots:
         lines += ["## Reward distributions per source", "", f"![rewards]({plots['rewards']})", ""]
@@ -311,6 +316,7 @@ def write_report(layout: RunLayout, spec: FusionConfig, name: str) -> Path:
             source_accuracy(layout, spec),
             _load_scorecard(layout),
             {},
+            sandbox_isolation(layout),
         )
         atomic_write_text(layout.report, text + "\n\n(No plots: install matplotlib, the `local` extra.)\n")
         return layout.report
@@ -327,10 +333,31 @@ def write_report(layout: RunLayout, spec: FusionConfig, name: str) -> Path:
         plot_scorecard(card, layout.plot("scorecard"))
         plots["scorecard"] = layout.plot("scorecard").name
     text = render_markdown(
-        name, spec, dataset_table(layout, spec), source_accuracy(layout, spec), card, plots
+        name,
+        spec,
+        dataset_table(layout, spec),
+        source_accuracy(layout, spec),
+        card,
+        plots,
+        sandbox_isolation(layout),
     )
     atomic_write_text(layout.report, text + "\n")
     return layout.report
+
+
+SANDBOXED_STEPS = ("verify-code-sources", "score-sources", "verify-code-target", "score-target", "evaluate")
+
+
+def sandbox_isolation(layout: RunLayout) -> dict[str, str]:
+    """The code sandbox isolation each step recorded (steps that ran code answers)."""
+    found = {}
+    for step in SANDBOXED_STEPS:
+        path = layout.stage_record(step)
+        if path.exists():
+            how = json.loads(path.read_text(encoding="utf-8")).get("sandbox_isolation")
+            if how:
+                found[step] = str(how)
+    return found
 
 
 def _load_scorecard(layout: RunLayout) -> dict[str, Any] | None:

@@ -27,8 +27,9 @@ import yaml
 from kubefusion_operator.api import FusionRun, FusionRunSpec
 from kubefusion_operator.local.plan import Step, local_steps
 from kubefusion_operator.local.servers import ModelServer, ServerError, die_with_parent, start_server
+from kubefusion_operator.planner import evaluation_candidates
 from kubefusion_trainer.atomic import atomic_write_text
-from kubefusion_trainer.layout import TARGET_MODEL_NAME, RunLayout
+from kubefusion_trainer.layout import TARGET_MODEL_NAME, RunLayout, candidate_endpoint
 
 
 class RunFailed(RuntimeError):
@@ -158,7 +159,7 @@ class LocalRunner:
         self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
         self.env = child_env()
         self._child: subprocess.Popen[bytes] | None = None
-        self._server: ModelServer | None = None
+        self._servers: list[ModelServer] = []
         self._lock_fd: int | None = None
 
     # --- files ---
@@ -227,20 +228,19 @@ class LocalRunner:
         self.out(f"{prefix}: running")
         endpoints: dict[str, str] = {}
         try:
-            if step.serve is not None:
+            for name in (*([step.serve] if step.serve else []), *step.also_serve):
                 try:
-                    self._server = self._start_server(step.serve)
+                    server = self._start_server(name)
                 except ServerError as exc:
                     raise RunFailed(f"{step.name}: {exc}") from None
-                endpoints[step.serve] = self._server.base_url
+                self._servers.append(server)
+                endpoints[name] = server.base_url
             config = self.write_config(
-                step.args[0] if not endpoints else f"{step.args[0]}-{step.serve}", endpoints
+                step.args[0] if not step.serve else f"{step.args[0]}-{step.serve}", endpoints
             )
             self._run_child(step, config)
         finally:
-            if self._server is not None:
-                self._server.stop()  # as soon as its sampling is done
-                self._server = None
+            self._stop_servers()  # as soon as the step that needed them is done
         if not step.done(self.layout):
             raise RunFailed(f"{step.name}: the stage exited 0 but wrote none of {', '.join(step.records)}")
         seconds = time.monotonic() - started
@@ -248,9 +248,18 @@ class LocalRunner:
         self.out(f"{prefix}: done in {seconds:.0f}s{(' - ' + summary) if summary else ''}")
         return StepOutcome(step, False, seconds, summary)
 
+    def _stop_servers(self) -> None:
+        while self._servers:
+            self._servers.pop().stop()
+
     def _start_server(self, name: str) -> ModelServer:
+        candidates = {candidate_endpoint(c): m for c, m in evaluation_candidates(self.spec).items()}
         if name == TARGET_MODEL_NAME:
             model, gpus = str(self.layout.final_model("sft")), 0
+        elif name in candidates:
+            model, gpus = candidates[name], self.spec.target.serving.gpus
+            if model.startswith("train/"):
+                model = str(self.layout.root / model)
         else:
             source = next(s for s in self.spec.sources if s.name == name)
             model, gpus = source.model, source.serving.gpus
@@ -338,9 +347,7 @@ class LocalRunner:
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
-        if self._server is not None:
-            self._server.stop()
-            self._server = None
+        self._stop_servers()
 
 
 def _tail(path: Path, chars: int = 3000) -> str:

@@ -28,6 +28,7 @@ TASK_LABEL = f"{GROUP}/task"
 TASK_ANNOTATION = f"{GROUP}/task"  # the exact planner task name
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DEFAULT_IMAGE = "ghcr.io/kubefusion/kubefusion-trainer:0.1.0"  # built from images/trainer.Dockerfile
+DEFAULT_TRAINING_RUNTIME = "kubefusion-torch"  # the ClusterTrainingRuntime the Helm chart ships
 METRICS_PORT = 9090  # every stage process serves kubefusion_progress_* here (--metrics-port)
 METRICS_PORT_ANNOTATION = "prometheus.io/port"
 
@@ -66,7 +67,10 @@ def child_name(run: str, suffix: str, reserve: int = 0) -> str:
 
 
 def task_suffix(task: Task) -> str:
-    """Per-source tasks: <source>-serve / <source>-sample; others: the task name (no clashes possible)."""
+    """Per-source tasks: <source>-serve / <source>-sample; evaluation candidates' servers: eval-<candidate>
+    (never ends like a source's); others: the task name (no clashes possible)."""
+    if task.name.startswith("serve-candidates/"):
+        return f"eval-{task.name.split('/', 1)[1]}"
     if "/" in task.name:
         source = task.name.split("/", 1)[1]
         return f"{source}-{'serve' if task.kind == 'server' else 'sample'}"
@@ -98,6 +102,8 @@ class RenderContext:
     storage_mount: str = "/mnt/kubefusion"  # where the run's PVC is mounted in every pod
     config_mount: str = "/etc/kubefusion"  # where the RunConfig ConfigMap is mounted
     cluster_domain: str = "svc"  # Service URLs: http://<svc>.<ns>.<cluster_domain>:8000/v1
+    training_backend: str = "pytorchjob"  # trainjob | pytorchjob: what training tasks become
+    training_runtime: str = DEFAULT_TRAINING_RUNTIME  # TrainJobs' runtime unless the spec names one
     extra_labels: dict[str, str] = field(default_factory=dict)
 
     @property

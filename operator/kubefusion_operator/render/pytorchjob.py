@@ -1,73 +1,58 @@
-"""Training stages as Kubeflow PyTorchJobs (kubeflow.org/v1): a Master plus nodes-1 Workers."""
+"""Training stages as Kubeflow PyTorchJobs (kubeflow.org/v1, training operator v1.9): a Master plus
+nodes-1 Workers.
+
+Failure handling: the v1 operator restarts pods one at a time (OnFailure/ExitCode) and has no way to
+restart the whole group, so a restarted rank would wait for peers stuck in NCCL until their timeout.
+Pods therefore never restart (restartPolicy Never): one failed rank fails the PyTorchJob at once,
+cleanPodPolicy Running deletes its other pods (their GPUs are released), and the stage is Failed.
+`kubefusion.dev/retry-stage` then starts a new PyTorchJob, which resumes from the latest checkpoint.
+A TrainJob (render/trainjob.py) restarts the whole group by itself through JobSet's failure policy.
+"""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from kubefusion_operator.planner import Task
 from kubefusion_operator.render import pods
-from kubefusion_operator.render.names import METRICS_PORT, RenderContext, task_child_name
+from kubefusion_operator.render.names import RenderContext, task_child_name
+from kubefusion_operator.render.training import procs_per_node, trainer_pod
 
-BACKOFF_LIMIT = 3  # restarts of the whole job; the trainer resumes from its latest checkpoint each time
-
-# The training operator sets PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, MASTER_ADDR and MASTER_PORT.
-TORCHRUN = (
-    "exec torchrun --nnodes=${{PET_NNODES:-1}} --nproc-per-node=${{PET_NPROC_PER_NODE:-{nproc}}} "
-    "--node-rank=${{PET_NODE_RANK:-0}} --master-addr=${{MASTER_ADDR:-localhost}} "
-    "--master-port=${{MASTER_PORT:-29500}} -m kubefusion_operator stage train --stage {stage} "
-    "--config {config} --metrics-port {port}"
-)
+CONTAINER = "pytorch"  # the training operator looks for this container name
+MASTER_PORT = 23456  # the operator's default; it sets PET_MASTER_PORT/MASTER_PORT from this port
 
 
-def torchrun_command(ctx: RenderContext, task: Task, nproc: int) -> list[str]:
-    return [
-        "/bin/sh",
-        "-c",
-        TORCHRUN.format(nproc=nproc, stage=task.name, config=ctx.config_file, port=METRICS_PORT),
-    ]
+def _run_policy(ctx: RenderContext, task: Task, suspended: bool) -> dict[str, Any]:
+    # backoffLimit 0: a failed rank fails the job (the operator retries the stage as a whole);
+    # cleanPodPolicy Running: the other ranks' pods go at once, giving their GPUs back.
+    policy: dict[str, Any] = {"backoffLimit": 0, "cleanPodPolicy": "Running", "suspend": suspended}
+    deadline = ctx.spec.stage_deadline_seconds.get(task.stage)
+    if deadline:
+        policy["activeDeadlineSeconds"] = deadline
+    return policy
 
 
 def build_pytorchjob(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dict[str, Any]:
-    hyper = ctx.spec.training_stages()[task.name]
-    res = hyper.resources
-    gpus = res.gpus_per_node
-    resources: dict[str, Any] = {"requests": {"cpu": "8", "memory": "64Gi"}}
-    if gpus:
-        resources["limits"] = {"nvidia.com/gpu": gpus}
-    container = {
-        "name": "pytorch",  # the training operator looks for this container name
-        "image": res.image or ctx.image,
-        "command": torchrun_command(ctx, task, max(gpus, 1)),
-        "env": [*pods.secret_env(ctx), {"name": "NCCL_DEBUG", "value": "WARN"}],
-        "envFrom": pods.env_from(ctx),
-        "ports": [
-            pods.metrics_port(),
-            {"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"},
-        ],
-        "resources": resources,
-        "volumeMounts": pods.volume_mounts(ctx, shm=True),
-    }
+    nodes = ctx.spec.training_stages()[task.name].resources.nodes
+    pod = trainer_pod(ctx, task, CONTAINER)
+    pod["spec"]["containers"][0]["ports"].append(
+        {"name": "pytorchjob-port", "containerPort": MASTER_PORT, "protocol": "TCP"}
+    )
 
     def replica(count: int) -> dict[str, Any]:
-        return {
-            "replicas": count,
-            "restartPolicy": "OnFailure",
-            "template": {
-                "metadata": {"labels": ctx.labels(task), "annotations": pods.pod_annotations()},
-                "spec": {"containers": [container], "volumes": pods.volumes(ctx, shm=True)},
-            },
-        }
+        return {"replicas": count, "restartPolicy": "Never", "template": copy.deepcopy(pod)}
 
     replicas = {"Master": replica(1)}
-    if res.nodes > 1:
-        replicas["Worker"] = replica(res.nodes - 1)
+    if nodes > 1:
+        replicas["Worker"] = replica(nodes - 1)
     return {
         "apiVersion": "kubeflow.org/v1",
         "kind": "PyTorchJob",
-        "metadata": ctx.metadata(task_child_name(ctx.name, task), task, queue=True),
+        "metadata": pods.workload_metadata(ctx, task_child_name(ctx.name, task), task),
         "spec": {
-            "nprocPerNode": str(max(gpus, 1)),
-            "runPolicy": {"backoffLimit": BACKOFF_LIMIT, "cleanPodPolicy": "None", "suspend": suspended},
+            "nprocPerNode": str(procs_per_node(ctx, task)),
+            "runPolicy": _run_policy(ctx, task, suspended),
             "pytorchReplicaSpecs": replicas,
         },
     }

@@ -8,7 +8,11 @@ from kubefusion_operator.planner import Task, TaskKind
 from kubefusion_operator.render.jobs import build_job
 from kubefusion_operator.render.names import RenderContext
 from kubefusion_operator.render.pytorchjob import build_pytorchjob
+from kubefusion_operator.render.sandbox import build_sandbox_children
 from kubefusion_operator.render.serving import build_deployment, build_service
+from kubefusion_operator.render.trainjob import build_trainjob
+
+TRAINING_BUILDERS = {"trainjob": build_trainjob, "pytorchjob": build_pytorchjob}  # by ctx.training_backend
 
 
 def build_task_children(ctx: RenderContext, task: Task, *, suspended: bool = False) -> list[dict[str, Any]]:
@@ -16,5 +20,7 @@ def build_task_children(ctx: RenderContext, task: Task, *, suspended: bool = Fal
     if task.kind == TaskKind.SERVER:
         return [build_service(ctx, task), build_deployment(ctx, task, suspended=suspended)]
     if task.kind == TaskKind.TRAIN:
-        return [build_pytorchjob(ctx, task, suspended=suspended)]
+        return [TRAINING_BUILDERS[ctx.training_backend](ctx, task, suspended=suspended)]
+    if task.sandboxed:
+        return build_sandbox_children(ctx, task, suspended=suspended)
     return [build_job(ctx, task, suspended=suspended)]

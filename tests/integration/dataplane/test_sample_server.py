@@ -144,7 +144,7 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(
         str(config),
         "--chunk-prompts",
         "1",
-        "--concurrency",
+        "--max-in-flight",
         "4",
     ]
     first = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -7,7 +7,8 @@
         await wait_for(lambda: run_condition(emu, "ns1", "quickstart", "Succeeded") == "True")
 
 The test plays what a cluster does on its own: Deployments become ready, Jobs complete or fail,
-PyTorchJobs succeed or fail, and pods serve metrics.
+PyTorchJobs and TrainJobs succeed or fail (op_training.py has the training operators' stand-ins),
+and pods serve metrics.
 """
 
 from __future__ import annotations
@@ -36,12 +37,18 @@ DEPLOYMENTS, JOBS, PYTORCHJOBS, SERVICES = (
     "kubeflow.org/v1/pytorchjobs",
     "v1/services",
 )
+TRAINJOBS = "trainer.kubeflow.org/v1alpha1/trainjobs"
 
 
 def fast_config(**overrides: Any) -> OperatorConfig:
     """Tight timings so that tests take seconds."""
     values = dict(
-        progress_interval=0.5, watch_timeout=30, reconnect_backoff=0.1, batch_window=0.02, exit_timeout=0.1
+        progress_interval=0.5,
+        watch_timeout=30,
+        reconnect_backoff=0.1,
+        batch_window=0.02,
+        exit_timeout=0.1,
+        discovery_interval=0.5,
     )
     values.update(overrides)
     return OperatorConfig(**values)
@@ -91,8 +98,14 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: st
         await asyncio.sleep(0.02)
 
 
+CLUSTER_STORAGE = {"pvc": "kubefusion-runs"}  # what a cluster run needs (validation.cluster_errors)
+
+
 def example(name: str, **spec_overrides: Any) -> dict[str, Any]:
+    """An example as a cluster run: a local-folder storage.uri (the quickstart's) becomes a PVC."""
     doc = yaml.safe_load((REPO / "examples" / f"{name}.yaml").read_text())
+    if not doc["spec"].get("storage", {}).get("pvc"):
+        doc["spec"]["storage"] = dict(CLUSTER_STORAGE)
     doc["spec"].update(copy.deepcopy(spec_overrides))
     return doc
 
@@ -182,6 +195,27 @@ class Cluster:
             },
         )
 
+    async def trainjob(self, name: str, outcome: str = "Complete") -> None:
+        """Trainer v2's verdict on a TrainJob: Complete or Failed (JobSet finished)."""
+        await self.emu.write(
+            TRAINJOBS,
+            self.ns,
+            name,
+            {
+                "status": {
+                    "conditions": [
+                        {
+                            "type": outcome,
+                            "status": "True",
+                            "reason": f"JobSet{outcome}",
+                            "message": f"jobset {outcome.lower()}",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z",
+                        }
+                    ]
+                }
+            },
+        )
+
     async def advance(self) -> list[str]:
         """Move every live child one step (ready / complete / succeed); return what moved."""
         moved = []
@@ -199,6 +233,10 @@ class Cluster:
             ):
                 await self.train(obj["metadata"]["name"])
                 moved.append(f"PyTorchJob/{obj['metadata']['name']}")
+        for obj in self.emu.live(TRAINJOBS, self.ns):
+            if not (obj.get("status") or {}).get("conditions") and not obj["spec"].get("suspend"):
+                await self.trainjob(obj["metadata"]["name"])
+                moved.append(f"TrainJob/{obj['metadata']['name']}")
         return moved
 
 

@@ -35,12 +35,23 @@ kube-apiserver where kopf, kubectl and our client rely on it; each behaviour and
   test_watchbookmarks_and_timeout;
 - admission: checks in `admission_checks` see every create/patch/update before it is stored and
   refuse it with `refuse(code, reason, message)`; `emulator_server()` turns on emulator_admission.names
-  (DNS names per kind, Indexed Job hostnames, PyTorchJob Services) -> test_op_emulator_names.py;
+  (DNS names per kind, Indexed Job hostnames, PyTorchJob Services, TrainJob pod hostnames)
+  -> test_op_emulator_names.py, test_op_training_failures.py;
+- other projects' CRDs (TrainJob, ClusterTrainingRuntime, TrainingRuntime, PyTorchJob) are served only
+  where a test installs them (op_training.trainer_cluster/install/withhold), and their writes are
+  checked against the real CRD schemas from the shared folder (OpenAPI schema, CEL rules, undeclared
+  fields) before other admission: emulator_admission.crd_schemas, 422 Invalid with a Status
+  -> test_the_emulator_refuses_a_training_object_its_crd_schema_refuses (test_op_training_failures.py);
 - DELETE honours finalizers (deletionTimestamp, then gone when they are removed);
-- /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents (kubectl).
-Not emulated: garbage collection by ownerReference, schema validation (a CRD-schema admission module
-is separate), watch events for objects that stop matching a selector, RBAC
-(another admission module), server-side apply.
+- /api/v1 discovery says groupVersion v1; /openapi/v2 and /openapi/v3 answer empty documents (kubectl);
+- a create whose ownerReferences set blockOwnerDeletion records the authorization check kube-apiserver's
+  OwnerReferencesPermissionEnforcement plugin makes: `update` on the owner's `finalizers` subresource
+  (so RBAC derived from the recorded requests grants it; emulator_admission/rbac.py enforces it)
+  -> test_op_rbac.py, test_op_admission.py::test_rbac_refuses_what_the_chart_does_not_grant.
+Not emulated: garbage collection by ownerReference, watch events for objects that stop matching a
+selector, server-side apply. Schema validation of built-in kinds (emulator_admission/schema.py), Pod Security
+(emulator_admission/pod_security.py) and RBAC (emulator_admission/rbac.py) are admission modules a test
+turns on.
 
 Recording (for RBAC derivation, e.g. by the Helm chart's tests)::
 
@@ -60,6 +71,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import copy
 import datetime
 import itertools
@@ -87,6 +99,7 @@ OPERATOR_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
     ("kubefusion.dev/v1alpha1/fusionruns", "FusionRun", True, ("status",)),
     ("apps/v1/deployments", "Deployment", True, ("status", "scale")),
     ("batch/v1/jobs", "Job", True, ("status",)),
+    ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True, ()),
     ("kubeflow.org/v1/pytorchjobs", "PyTorchJob", True, ("status",)),
     ("v1/services", "Service", True, ()),
     ("v1/configmaps", "ConfigMap", True, ()),
@@ -98,6 +111,11 @@ OPERATOR_RESOURCES: list[tuple[str, str, bool, tuple[str, ...]]] = [
 
 
 SHORT_NAMES = {"FusionRun": {"fr"}, "Deployment": {"deploy"}, "Service": {"svc"}, "ConfigMap": {"cm"}}
+
+
+# The User-Agent of the request being served (aiohttp serves each request in its own task): admission
+# checks that depend on who asks (emulator_admission/rbac.py) read it.
+current_agent: contextvars.ContextVar[str] = contextvars.ContextVar("current_agent", default="")
 
 
 class ApiRequest(NamedTuple):
@@ -354,6 +372,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             info and info.namespaced and request.name is None and _method(request) == "POST"
         )
         self.api_request_agents.append(request.headers.get("User-Agent", ""))
+        current_agent.set(request.headers.get("User-Agent", ""))
         self.api_requests.append(
             ApiRequest(
                 _rbac_verb(request),
@@ -458,6 +477,7 @@ class RecordingEmulator(kmock.KubernetesEmulator):
                 },
             )
         self._admit(Admission("create", request.resource, namespace, data, None, None, False))
+        self._record_owner_checks(data)
         meta.update(
             uid=str(uuid.uuid4()), resourceVersion=self._next_rv(), generation=1, creationTimestamp=_now()
         )
@@ -468,6 +488,16 @@ class RecordingEmulator(kmock.KubernetesEmulator):
             self._index.setdefault(request.resource, {})[key[1:]] = self.objects[key]
         await self._publish(request.resource, "ADDED", copy.deepcopy(data))
         return data
+
+    def _record_owner_checks(self, obj: dict[str, Any]) -> None:
+        for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+            if not ref.get("blockOwnerDeletion"):
+                continue
+            group = ref.get("apiVersion", "").rpartition("/")[0]
+            owner = next((r for r, info in self.resources.items() if info.kind == ref.get("kind")), None)
+            if owner is not None:
+                self.api_request_agents.append(current_agent.get())
+                self.api_requests.append(ApiRequest("update", group, owner.plural, "finalizers", True))
 
     async def _patch(
         self,

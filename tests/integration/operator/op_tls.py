@@ -8,7 +8,7 @@ authenticating TLS proxy in front of the emulator.
 
 The proxy answers 401 (a Status, as kube-apiserver does) to a request with neither a client
 certificate signed by the CA nor an accepted bearer token; otherwise it forwards the request to the
-emulator and streams the answer back (watches included).
+emulator and streams the answer back (watches included), until the client goes away.
 """
 
 from __future__ import annotations
@@ -131,6 +131,10 @@ class TlsProxy:
         """Identities of the authenticated requests whose User-Agent starts with agent_prefix."""
         return {i for i, agent, status in self.seen if agent.startswith(agent_prefix) and status != 401}
 
+    def refused(self, agent_prefix: str = "") -> int:
+        """How many requests whose User-Agent starts with agent_prefix were refused (401)."""
+        return sum(1 for i, agent, status in self.seen if agent.startswith(agent_prefix) and status == 401)
+
 
 def _unauthorized() -> aiohttp.web.Response:
     body = {
@@ -182,9 +186,12 @@ async def tls_proxy(emulator: Any, pki: Pki, tokens: set[str]) -> AsyncIterator[
                 status=answer.status,
                 headers={"Content-Type": answer.headers.get("Content-Type", "application/json")},
             )
-            await response.prepare(request)
-            async for chunk in answer.content.iter_any():
-                await response.write(chunk)
+            # A client may go away mid-answer: kopf closes its session, watches included, when it
+            # logs in again after a 401. Nothing is left to send to; that is no proxy error.
+            with contextlib.suppress(ConnectionResetError):
+                await response.prepare(request)
+                async for chunk in answer.content.iter_any():
+                    await response.write(chunk)
             return response
 
     app = aiohttp.web.Application()

@@ -37,6 +37,11 @@ OPERATOR = "kubefusion-operator"  # our client's User-Agent
 KOPF = "kopf/"
 
 
+def events(emulator, run: str) -> list[str]:
+    """Messages of the Events kopf posted about a run."""
+    return [e["message"] for e in emulator.live("v1/events", "ns1") if e["involvedObject"]["name"] == run]
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -150,6 +155,14 @@ async def test_in_cluster_service_account_with_token_rotation(emulator, tmp_path
         async with operator_running(emulator, tmp_path, kubeconfig=missing):
             await create_run(emulator, example("quickstart"))
             await wait_for(lambda: children(emulator, JOBS) == ["quickstart-prepare"], what="the prepare Job")
+            # Rotate only once the first reconcile is over, its status written and its Event posted:
+            # kopf posts Events from a queue of its own, and a post still queued at the rotation would
+            # meet the old token first. kopf's re-login then hands our client the new token before it
+            # ever sends the old one (handlers.login), and our client's 401 path would go untested.
+            await wait_for(
+                lambda: "stage prepare started" in events(emulator, "quickstart"), what="the first Event"
+            )
+            await wait_for(lambda: condition(emulator, "ns1", "quickstart", "Progressing") == "True")
             assert proxy.identities(OPERATOR) == {"token:sa-token-1"}
             # The kubelet rotates the projected token; the old one stops working.
             (account / "token").write_text("sa-token-2", encoding="utf-8")
@@ -158,9 +171,14 @@ async def test_in_cluster_service_account_with_token_rotation(emulator, tmp_path
             await wait_for(
                 lambda: children(emulator, DEPLOYMENTS), what="the next stage, reconciled with the new token"
             )
+            # kopf keeps its own copy of the token: its next post meets the 401 and it logs in again.
+            await wait_for(
+                lambda: "stage prepare succeeded" in events(emulator, "quickstart"), what="kopf's Event"
+            )
     assert "token:sa-token-2" in proxy.identities(OPERATOR)
     # The old token was refused once, then the operator read the rotated one and carried on.
     assert ("anonymous", OPERATOR, 401) in proxy.seen
+    assert proxy.refused(KOPF) and "token:sa-token-2" in proxy.identities(KOPF)  # kopf's re-login too
 
 
 def test_missing_credentials_are_a_clear_error(tmp_path: Path, monkeypatch) -> None:

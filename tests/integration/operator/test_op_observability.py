@@ -101,6 +101,11 @@ async def test_metrics_and_events(emulator, tmp_path) -> None:
             during = await scrape(port)
             await drive_to_end(emulator, "quickstart")
             await wait_for(lambda: condition(emulator, "ns1", "quickstart", "Succeeded") == "True")
+            # kopf posts Events in the background: the last one may still be on its way.
+            await wait_for(
+                lambda: any(e.get("reason") == "RunSucceeded" for e in emulator.live("v1/events", "ns1")),
+                what="the RunSucceeded Event",
+            )
             after = await scrape(port)
     finally:
         server.shutdown()

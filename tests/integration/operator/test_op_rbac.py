@@ -27,13 +27,17 @@ MERGE = {"Content-Type": "application/merge-patch+json"}
 EXPECTED = {
     ("kubefusion.dev", "fusionruns"): {"list", "watch", "get", "patch"},
     ("kubefusion.dev", "fusionruns/status"): {"patch"},
+    # Not a request: the authorization check blockOwnerDeletion triggers (op_emulator docstring).
+    ("kubefusion.dev", "fusionruns/finalizers"): {"update"},
     ("apps", "deployments"): {"list", "watch", "create", "patch", "delete"},
     ("batch", "jobs"): {"list", "watch", "create", "patch", "delete"},
     ("kubeflow.org", "pytorchjobs"): {"list", "watch", "create", "patch", "delete"},
     ("", "services"): {"list", "create", "delete"},
     ("", "configmaps"): {"create", "list", "delete"},
     ("", "pods"): {"list"},
-    ("", "events"): {"create"},
+    ("", "events"): {"create", "list"},
+    # Sandbox pods' deny-all NetworkPolicy (code datasets; test_op_sandbox.py creates and deletes one).
+    ("networking.k8s.io", "networkpolicies"): {"list", "create", "delete"},
 }
 
 

@@ -58,8 +58,8 @@ async def test_fusechat3_run_succeeds_in_order(emulator, tmp_path) -> None:
     ]
     assert all(s["state"] == "Succeeded" and s["startTime"] and s["endTime"] for s in status["stages"])
     assert status["stages"][0]["outputs"] == [
-        "runs/quickstart/prepared/addition.jsonl",
-        "runs/quickstart/prepared/reversal.jsonl",
+        "/mnt/kubefusion/prepared/addition.jsonl",
+        "/mnt/kubefusion/prepared/reversal.jsonl",
     ]
     timeline = child_timeline(emulator)
     q = "quickstart-"
@@ -75,6 +75,7 @@ async def test_fusechat3_run_succeeds_in_order(emulator, tmp_path) -> None:
         f"{q}build",
         f"{q}sft",
         f"{q}dpo",
+        *(f"{q}eval-{c}" for c in ("original", "original", "sft", "sft", "dpo", "dpo")),
         f"{q}evaluate",
     ]
     # Each source's server is deleted after its sampling, before scoring starts.
@@ -202,7 +203,8 @@ async def test_restart_at_every_stage_resumes_without_duplicates(emulator, tmp_p
         emulator, "ns1", "quickstart"
     )
     names = added(child_timeline(emulator))
-    assert len(names) == len(set(names)) + 2  # only the two Deployment+Service pairs share a name
+    # Only the Deployment+Service pairs share a name: two sources, three evaluation candidates.
+    assert len(names) == len(set(names)) + 5
     # A finished run stays finished: a restarted operator creates nothing.
     before = len(emulator.timeline)
     async with operator_running(emulator, tmp_path):

@@ -35,6 +35,8 @@ def make_prompts(count: int, dataset: str = "d") -> list[dict]:
     return prompts
 
 
-def make_job(folder: Path, prompts: list[dict], n: int, seed: int | None = 7, source: str = "a") -> SampleJob:
-    params = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=16, seed=seed)
+def make_job(
+    folder: Path, prompts: list[dict], n: int, seed: int | None = 7, source: str = "a", max_tokens: int = 16
+) -> SampleJob:
+    params = SamplingParams(temperature=0.7, top_p=0.9, max_tokens=max_tokens, seed=seed)
     return SampleJob(source, f"org/{source}", "d", params, n, prompts, ShardWriter(folder, 0, 1))

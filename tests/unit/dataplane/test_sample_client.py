@@ -103,7 +103,7 @@ async def test_intermittent_500_429_drops_and_timeouts_still_deliver_every_sampl
         ep = endpoint(
             session,
             server.base_url,
-            request_timeout=0.3,
+            stall_timeout=0.3,
             deadline=30,
             metrics=metrics,
             retry=RetryPolicy(base_delay=0.01, max_delay=0.05, max_attempts=50),
@@ -162,7 +162,7 @@ async def test_a_request_that_keeps_failing_while_others_succeed_gives_up(
         with pytest.raises(RequestFailed, match="failed one request 4 times"):
             await run_job(
                 make_job(tmp_path, make_prompts(12), n=2),
-                endpoint(session, server.base_url, concurrency=2, deadline=60),
+                endpoint(session, server.base_url, max_in_flight=2, deadline=60),
             )
     finally:
         await server.stop()
@@ -177,7 +177,7 @@ async def test_finished_prompts_survive_a_failure_and_a_rerun_only_does_the_rest
         with pytest.raises(RequestFailed):
             await run_job(
                 make_job(tmp_path, prompts, n=3),
-                endpoint(session, server.base_url, concurrency=1),
+                endpoint(session, server.base_url, max_in_flight=1),
                 chunk_prompts=4,
             )
     finally:

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from kubefusion_trainer.scoring import verdicts
 from kubefusion_trainer.scoring.code_extract import (
     TestFormatError,
     extract_code,
@@ -13,7 +14,8 @@ from kubefusion_trainer.scoring.code_extract import (
     plan_tests,
     static_check,
 )
-from kubefusion_trainer.scoring.code_sandbox import judge
+from kubefusion_trainer.scoring.code_sandbox import Observation, judge, observe
+from kubefusion_trainer.scoring.sandbox_seccomp import ARCHES, RET_ALLOW, build_filter
 
 
 @pytest.mark.parametrize(
@@ -93,11 +95,68 @@ def lines(*records: dict) -> list[str]:
     ],
 )
 def test_judge_expr(result_lines: list[str], passed: bool) -> None:
-    assert judge(PLAN, result_lines, "nonce", 0, "").passed is passed
+    assert judge(PLAN, observe(PLAN, result_lines, "nonce", 0, False, "")).passed is passed
 
 
 def test_judge_script_needs_this_runs_nonce() -> None:
     plan = plan_tests("import math\nassert math.isclose(f(), 1.0)")
-    assert judge(plan, lines({"nonce": "abc"}), "abc", 0, "").passed
-    verdict = judge(plan, lines({"nonce": "forged"}), "abc", 1, "Traceback")
-    assert not verdict.passed and "Traceback" in verdict.reason
+    assert judge(plan, observe(plan, lines({"nonce": "abc"}), "abc", 0, False, "")).passed
+    verdict = judge(plan, observe(plan, lines({"nonce": "forged"}), "abc", 1, False, "Traceback \x1b[31m"))
+    assert not verdict.passed and verdict.category == verdicts.CRASH
+    assert "Traceback" not in verdict.reason  # the answer's stderr never reaches the reason
+
+
+def test_io_stdout_is_kept_only_as_a_digest() -> None:
+    plan = plan_tests([{"input": "1", "output": "3 \n"}, {"input": "2", "output": "4"}])
+    obs = observe(plan, lines({"i": 0, "stdout": "3\n\n"}, {"i": 1, "stdout": "5"}), "n", 0, False, "")
+    assert all(len(r["stdout"]) == 64 for r in obs.records)
+    assert "3\n" not in json.dumps(obs.to_json())
+    verdict = judge(plan, Observation.from_json(json.loads(json.dumps(obs.to_json()))))
+    assert (verdict.passed, verdict.reason) == (False, "wrong_answer: test 2/2: stdout differs")
+    good = observe(plan, lines({"i": 0, "stdout": "3"}, {"i": 1, "stdout": "4\n"}), "n", 0, False, "")
+    assert judge(plan, good).passed
+
+
+@pytest.mark.parametrize(
+    ("obs", "category"),
+    [
+        (Observation(timed_out=True), verdicts.TIMEOUT),
+        (Observation(status=125), verdicts.PROCESS_LIMIT),
+        (Observation(status=1, error_name="MemoryError"), verdicts.MEMORY),
+        (Observation(status=152), verdicts.TIMEOUT),  # 128 + SIGXCPU: the CPU-time rlimit
+        (Observation(status=0), verdicts.CRASH),  # exited before the tests
+        (Observation([{"i": 0, "error": "NameError"}]), verdicts.TEST_ERROR),
+        (Observation([{"i": 0, "error": "MemoryError"}]), verdicts.MEMORY),
+        (Observation([{"i": 0, "value": "4"}]), verdicts.WRONG_ANSWER),
+    ],
+)
+def test_verdicts_are_classified(obs: Observation, category: str) -> None:
+    verdict = judge(PLAN, obs)
+    assert not verdict.passed and verdict.category == category
+
+
+def test_untrusted_text_is_sanitised_and_capped() -> None:
+    hostile = "Evil\x1b[31m\nPASSED" + "A" * 500
+    verdict = judge(PLAN, Observation([{"i": 0, "error": hostile}]))
+    assert "\x1b" not in verdict.reason and "\n" not in verdict.reason
+    assert len(verdict.reason) < 120
+    assert verdicts.excerpt("a b\tc;rm -rf /") == "abcrmrf"
+    with pytest.raises(ValueError, match="unknown verdict category"):
+        verdicts.CodeVerdict(False, "pwned")
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHES))
+def test_seccomp_filter_is_well_formed(arch: str) -> None:
+    """Jumps stay inside the program, every path ends in a return, and the default is allow."""
+    prog = build_filter(arch, pid=1234, no_fork=True)
+    assert prog[-1] == (0x06, 0, 0, RET_ALLOW)
+    assert len(prog) < 4096
+    for index, (code, jt, jf, _k) in enumerate(prog):
+        if code & 0x07 == 0x05:  # BPF_JMP
+            assert index + 1 + max(jt, jf) < len(prog)
+    numbers = {k for code, _jt, _jf, k in prog if code == 0x15}
+    assert ARCHES[arch]["kill"] in numbers and ARCHES[arch]["deny"]["ptrace"] in numbers
+    assert 1234 in numbers  # the only pid it may signal
+    assert ARCHES[arch]["clone3"] not in {
+        k for c, _a, _b, k in build_filter(arch, 1, no_fork=False) if c == 0x15
+    }

@@ -49,6 +49,31 @@ def test_batched_length_sorted_equals_one_at_a_time(model_and_tokenizer) -> None
     assert not any(r.truncated for r in batched)
 
 
+def test_token_budget_packs_length_sorted_batches_within_budget_and_row_cap(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    lengths = [5, 300, 40, 41, 39, 2000, 10, 10, 10, 10, 10, 120]
+    scorer = RewardScorer(model, tokenizer, batch_size=4, tokens_per_batch=256)
+    batches = scorer.batches(lengths)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # each answer once
+    assert batches[0] == [5]  # longest first, alone: one answer always fits, even over the budget
+    for batch in batches:
+        assert len(batch) <= 4
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 256
+        widths = [lengths[i] for i in batch]
+        assert widths == sorted(widths, reverse=True)
+    assert [len(b) for b in batches] == [1, 1, 2, 4, 4]  # 2000 | 300 | 120,41 | 40,39,10,10 | 10,10,10,5
+
+
+def test_causal_models_skip_the_mask_with_the_same_rewards(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    scorer = RewardScorer(model, tokenizer, batch_size=8, max_length=512)
+    assert scorer.causal  # a Llama classifier
+    fast = [r.reward for r in scorer.score(CONVERSATIONS)]
+    scorer.causal = False  # what an encoder reward model gets: an explicit attention mask
+    masked = [r.reward for r in scorer.score(CONVERSATIONS)]
+    assert fast == pytest.approx(masked, abs=1e-4)
+
+
 def test_truncation_is_reported(model_and_tokenizer) -> None:
     model, tokenizer = model_and_tokenizer
     results = RewardScorer(model, tokenizer, batch_size=8, max_length=16).score(CONVERSATIONS)
@@ -80,7 +105,7 @@ def test_armo_style_score_and_right_padding(model_and_tokenizer) -> None:
     # Each conversation's score is its own last real token (the eos), not a pad or a logit.
     assert all(r.reward == tokenizer.eos_token_id for r in results)
     batch = armo.seen[0]
-    lengths = [r.tokens for r in sorted(results, key=lambda r: r.tokens)]
+    lengths = [r.tokens for r in sorted(results, key=lambda r: -r.tokens)]  # longest first
     for row, length in zip(batch, lengths, strict=True):
         assert (row[length:] == tokenizer.pad_token_id).all()  # pads only on the right
         assert (row[:length] != tokenizer.pad_token_id).all()

@@ -33,12 +33,21 @@ def test_plan_prints_stages_and_work_for_the_paper_recipe() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout
     stage_lines = [line.split()[1] for line in out.splitlines() if line.strip()[:3].strip(". ").isdigit()]
-    assert stage_lines == ["prepare", "serve-sources", "sample", "score", "build", "sft", "dpo"]
+    assert stage_lines == [
+        "prepare",
+        "serve-sources",
+        "sample",
+        "verify-code",
+        "score",
+        "build",
+        "sft",
+        "dpo",
+    ]
     # 51,098 UltraFeedback prompts x 4 sources x 5 samples.
     assert "1,021,960" in out
     total = next(line for line in out.splitlines() if line.strip().startswith("total") and "," in line)
     assert "158,667" in total
-    assert "rough GPU-hours" in out and "assumptions:" in out
+    assert "estimate on H100" in out and "assumptions:" in out
     assert "PyTorchJob" in out and "Indexed Job" in out
 
 

@@ -56,7 +56,9 @@ def test_schema_is_structural(schema: dict[str, Any]) -> None:
     for path, node in _walk(schema):
         assert "$ref" not in node and "anyOf" not in node and "allOf" not in node, path
         assert "type" in node or node.get("x-kubernetes-int-or-string") is True, f"{path} has no type"
-        if node.get("type") == "object" and path not in {".metadata"}:
+        # Kubernetes objects embedded whole (an Affinity) keep their fields: preserve-unknown-fields.
+        embedded = node.get("x-kubernetes-preserve-unknown-fields") is True
+        if node.get("type") == "object" and path not in {".metadata"} and not embedded:
             assert "properties" in node or "additionalProperties" in node, f"{path}: untyped object"
             assert not ("properties" in node and "additionalProperties" in node), path
         if node.get("type") == "array":
@@ -81,6 +83,7 @@ def test_printer_columns(crd: dict[str, Any]) -> None:
     assert columns["Succeeded"] == '.status.conditions[?(@.type=="Succeeded")].status'
     assert columns["Ready"] == '.status.conditions[?(@.type=="Ready")].status'
     assert columns["Progress"] == ".status.progress"
+    assert columns["Backend"] == ".status.trainingBackend"  # what spec.training.backend auto picked
     assert columns["Age"] == ".metadata.creationTimestamp"
 
 

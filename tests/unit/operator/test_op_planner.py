@@ -52,8 +52,17 @@ def test_tasks_per_recipe() -> None:
         "build",
         "sft",
         "dpo",
+        "serve-candidates/original",
+        "serve-candidates/sft",
+        "serve-candidates/dpo",
         "evaluate",
     ]
+    candidates = {t.name: t for t in plan_tasks(FUSE) if t.name.startswith("serve-candidates/")}
+    assert {n: (t.model, t.endpoint, t.stage) for n, t in candidates.items()} == {
+        "serve-candidates/original": ("demo/models/target", "eval-original", "evaluate"),
+        "serve-candidates/sft": ("train/sft/final", "eval-sft", "evaluate"),
+        "serve-candidates/dpo": ("train/dpo/final", "eval-dpo", "evaluate"),
+    }
     wrpo = [t.name for t in plan_tasks(WRPO)]
     assert wrpo[-6:] == ["sft", "serve-target", "sample-target", "score-target", "build-wrpo", "wrpo"]
     assert "dpo" not in wrpo and "evaluate" not in wrpo
@@ -63,6 +72,7 @@ def test_tasks_per_recipe() -> None:
 
 
 DONE_SAMPLING = {"prepare": S, "sample/adder": S, "sample/reverser": S}
+CANDIDATES_READY = {f"serve-candidates/{c}": RD for c in ("original", "sft", "dpo")}
 
 FUSE_CASES = [
     ("fresh run starts prepare", {}, [("start", "prepare")]),
@@ -103,9 +113,32 @@ FUSE_CASES = [
     ("build done: sft", {**DONE_SAMPLING, "score": S, "build": S}, [("start", "sft")]),
     ("sft done: dpo", {**DONE_SAMPLING, "score": S, "build": S, "sft": S}, [("start", "dpo")]),
     (
-        "dpo done: evaluate",
+        "dpo done: serve every candidate",
         {**DONE_SAMPLING, "score": S, "build": S, "sft": S, "dpo": S},
+        [("start", f"serve-candidates/{c}") for c in ("original", "sft", "dpo")],
+    ),
+    (
+        "candidates starting: evaluate waits for all of them",
+        {
+            **DONE_SAMPLING,
+            "score": S,
+            "build": S,
+            "sft": S,
+            "dpo": S,
+            **CANDIDATES_READY,
+            "serve-candidates/dpo": R,
+        },
+        [],
+    ),
+    (
+        "every candidate ready: evaluate",
+        {**DONE_SAMPLING, "score": S, "build": S, "sft": S, "dpo": S, **CANDIDATES_READY},
         [("start", "evaluate")],
+    ),
+    (
+        "evaluated: the candidates' servers go",
+        {**DONE_SAMPLING, "score": S, "build": S, "sft": S, "dpo": S, **CANDIDATES_READY, "evaluate": S},
+        [("stop", f"serve-candidates/{c}") for c in ("original", "sft", "dpo")],
     ),
     (
         "all done: complete",
@@ -321,3 +354,13 @@ def test_stage_states() -> None:
     done = stage_states(FUSE, {**observed, "sample/reverser": S})
     assert done["serve-sources"] == "Succeeded" and done["sample"] == "Succeeded"
     assert stage_states(FUSE, {"prepare": F})["prepare"] == "Failed"
+
+
+def test_the_local_plan_serves_the_evaluation_candidates_like_the_cluster() -> None:
+    from kubefusion_operator.local.plan import local_steps
+
+    evaluate = next(s for s in local_steps(FUSE) if s.stage == "evaluate")
+    assert evaluate.serve is None
+    assert evaluate.also_serve == ("eval-original", "eval-sft", "eval-dpo")
+    servers = [t for t in plan_tasks(FUSE) if t.kind == "server" and t.stage == "evaluate"]
+    assert tuple(t.endpoint for t in servers) == evaluate.also_serve

@@ -83,10 +83,14 @@ def test_pytorchjob_schema_check() -> None:
         assert container["name"] == "pytorch"
         assert container["resources"]["limits"] == {"nvidia.com/gpu": 8}
         assert job["spec"]["nprocPerNode"] == "8"
-        assert (
-            "torchrun" in container["command"][-1]
-            and "-m kubefusion_operator stage train" in container["command"][-1]
-        )
+        assert container["command"][:6] == [
+            "torchrun",
+            "-m",
+            "kubefusion_operator",
+            "stage",
+            "train",
+            "--stage",
+        ]
         assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in replicas["Master"]["template"]["spec"][
             "volumes"
         ]
@@ -152,7 +156,11 @@ def test_queue_and_suspend() -> None:
                 assert obj["spec"]["runPolicy"]["suspend"] is True
             if obj["kind"] == "Deployment":
                 assert obj["spec"]["replicas"] == 0
-            if obj["kind"] in ("Service", "Deployment"):
+            if obj["kind"] == "Deployment":  # Kueue's pod integration: servers count against quota
+                assert obj["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+                pod_labels = obj["spec"]["template"]["metadata"]["labels"]
+                assert pod_labels["kueue.x-k8s.io/queue-name"] == "team-queue"
+            if obj["kind"] == "Service":
                 assert "kueue.x-k8s.io/queue-name" not in obj["metadata"]["labels"]
     assert {t.kind for t in plan_tasks(spec)} == set(TaskKind)
 

@@ -53,6 +53,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "priorityClassName": "system-cluster-critical",
         "operator": {"verbose": True, "healthPort": 9091, "extraEnv": [{"name": "EXTRA", "value": "1"}]},
     },
+    "trainer-v2": {
+        "trainingRuntime": {"create": True, "name": "team-torch", "maxRestarts": 5, "shmSizeLimit": "16Gi"}
+    },
     "external-crd-and-sa": {
         "crds": {"enabled": False},
         "serviceAccount": {"create": False, "name": "existing-sa"},

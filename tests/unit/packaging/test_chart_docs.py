@@ -40,5 +40,13 @@ def test_the_argocd_health_key_matches_the_charts() -> None:
 
 
 def test_install_examples_parse() -> None:
-    (pvc,) = yaml_blocks("install.md")
+    pvc, scheduling = yaml_blocks("install.md")
     assert pvc["kind"] == "PersistentVolumeClaim" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    # The scheduling fragment is valid in a FusionRun and gives every GPU workload the toleration.
+    from kubefusion_operator.validation import validate_document
+
+    run = yaml.safe_load((DOCS.parent / "examples" / "fusechat3-llama31-8b.yaml").read_text())
+    run["spec"].update(scheduling["spec"])
+    spec = validate_document(run).spec
+    for workload in ("serving", "scoring", "training", "evaluation"):
+        assert spec.scheduling.for_workload(workload).tolerations[0].key == "nvidia.com/gpu"

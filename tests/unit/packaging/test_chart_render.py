@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from packaging_chart import CHART_DIR, NAMESPACE, RELEASE, REPO_ROOT, VALUE_SETS, find, lint, only, render
+from packaging_training import crd_schemas
 
 KUBE_VERSION = "1.31"
 
@@ -98,6 +99,13 @@ MONITOR_SCHEMAS = {
 def _validate(obj: dict[str, Any]) -> None:
     if obj["kind"] in MONITOR_SCHEMAS:
         jsonschema.validate(obj, MONITOR_SCHEMAS[obj["kind"]])
+    elif (
+        obj["kind"] == "ClusterTrainingRuntime"
+    ):  # against the Trainer v2.3 CRD (test_chart_training_runtime)
+        if crd_schemas.schemas_available():
+            problems = crd_schemas.problems("trainer.kubeflow.org", "clustertrainingruntimes", obj)
+            if problems:
+                raise jsonschema.ValidationError("; ".join(problems))
     else:
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
@@ -133,7 +141,13 @@ def test_objects_live_in_the_release_namespace_and_carry_release_labels() -> Non
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/instance"] == RELEASE
         assert labels["app.kubernetes.io/managed-by"] == "Helm"
-        namespaced = obj["kind"] not in {"ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+        cluster_scoped = {
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "CustomResourceDefinition",
+            "ClusterTrainingRuntime",
+        }
+        namespaced = obj["kind"] not in cluster_scoped
         assert (obj["metadata"].get("namespace") == NAMESPACE) == namespaced, obj["kind"]
 
 

@@ -97,6 +97,17 @@ def test_images_run_as_a_numeric_non_root_user(path: Path) -> None:
     assert int(uid) == 65532  # the chart's podSecurityContext.runAsUser
 
 
+def test_the_trainer_images_writable_dirs_belong_to_group_0_for_random_uids() -> None:
+    """OpenShift runs pods as a random uid with gid 0: whatever the image lets its user write, group 0
+    may write too (the operator also mounts /tmp and the model cache, see render/pods.py)."""
+    text = TRAINER.read_text()
+    runs = " ".join(parse(TRAINER).final.all("RUN"))
+    assert "chown -R 65532:0 /var/cache/kubefusion" in runs and "chmod -R g=u /var/cache/kubefusion" in runs
+    for env in ("HF_HOME", "TORCH_EXTENSIONS_DIR", "TRITON_CACHE_DIR"):
+        assert f"{env}=/var/cache/kubefusion/" in text, env
+    assert parse(TRAINER).final.all("USER")[-1] == "65532:0"
+
+
 @pytest.mark.parametrize("path", [OPERATOR, TRAINER], ids=lambda p: p.name)
 def test_images_pin_every_installed_version_as_pyproject_does(path: Path) -> None:
     pins = _pinned_requirements(parse(path))

@@ -112,3 +112,19 @@ def test_report_of_a_run_that_only_prepared_still_renders(tmp_path: Path) -> Non
     assert "| add | math | 1 | - | - (dpo) | 0 |" in text
     assert "Scorecard" not in text and ".png" not in text
     assert render_markdown("x", SPEC, [], {}, None, {}).startswith("# Fusion run `x`")
+
+
+def test_report_states_the_code_sandbox_isolation_each_step_used(tmp_path: Path) -> None:
+    from kubefusion_operator.local.report import sandbox_isolation
+
+    layout = RunLayout(tmp_path)
+    layout.stage_record("verify-code-sources").parent.mkdir(parents=True)
+    layout.stage_record("verify-code-sources").write_text(
+        json.dumps({"sandbox_isolation": "process: landlock ABI 7"})
+    )
+    layout.stage_record("score-sources").write_text(json.dumps({"answers": 3}))  # no code ran there
+    found = sandbox_isolation(layout)
+    assert found == {"verify-code-sources": "process: landlock ABI 7"}
+    text = render_markdown("x", SPEC, [], {}, None, {}, found)
+    assert "## Code sandbox" in text and "- verify-code-sources: process: landlock ABI 7" in text
+    assert "Code sandbox" not in render_markdown("x", SPEC, [], {}, None, {}, {})

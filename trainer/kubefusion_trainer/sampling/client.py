@@ -1,8 +1,15 @@
 """An async client for one OpenAI-compatible chat endpoint (vLLM, `transformers serve`, ...).
 
-- Bounded concurrency: at most `concurrency` requests in flight (high by default: vLLM batches continuously).
-- Retries with exponential backoff and full jitter on connection errors, timeouts, 429, 408 and 5xx (a numeric
-  Retry-After is honoured); other 4xx answers fail at once (RequestFailed, with the server's message).
+- Admission control (admission.py): at most `max_in_flight` answers being generated at once, this client's
+  share of what the server replica runs (vLLM --max-num-seqs); a request for n answers takes n units and
+  gives each back when that answer finishes. Nothing waits in the server's queue long enough to time out.
+- Streaming (stream.py): answers arrive as server-sent chunks, so the timeout is a *stall* timeout: no byte
+  from the server for `stall_timeout` seconds (waiting for the first token included). A long answer that
+  keeps coming never times out. A server that refuses `stream` is asked without it from then on.
+- Retries with exponential backoff and full jitter on connection errors, stalls, errors inside a stream,
+  429, 408 and 5xx (a numeric Retry-After is honoured); other 4xx answers fail at once (RequestFailed, with
+  the server's message). A retried request asks again for the same answers with the same seeds; a partial
+  stream is dropped, so no answer is ever kept twice.
 - Endpoint deadline: when every request has failed for `deadline` seconds in a row, EndpointDown names the
   endpoint and the source, and every other request on this endpoint stops too.
 - A single request that keeps failing while the endpoint answers others gives up after `max_attempts`
@@ -23,8 +30,10 @@ from typing import Any
 
 import aiohttp
 
+from kubefusion_trainer.sampling.admission import Admission
 from kubefusion_trainer.sampling.metrics import SampleMetrics
 from kubefusion_trainer.sampling.requests import BadResponse, Completion, parse_completion
+from kubefusion_trainer.sampling.stream import StreamError, read_stream
 
 RETRYABLE_STATUS = {408, 425, 429}
 
@@ -58,9 +67,10 @@ class Endpoint:
         base_url: str,
         http: aiohttp.ClientSession,
         *,
-        concurrency: int = 256,
-        request_timeout: float = 600.0,
+        max_in_flight: int = 256,
+        stall_timeout: float = 300.0,
         deadline: float = 600.0,
+        stream: bool = True,
         retry: RetryPolicy | None = None,
         metrics: SampleMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -70,14 +80,15 @@ class Endpoint:
         self.base_url = base_url.rstrip("/")
         self.url = f"{self.base_url}/chat/completions"
         self.http = http
-        self.concurrency = concurrency
-        self.request_timeout = request_timeout
+        self.admission = Admission(max_in_flight)
+        self.stall_timeout = stall_timeout
+        self.stream = stream
         self.deadline = deadline
         self.retry = retry or RetryPolicy()
         self.metrics = metrics or SampleMetrics()
         self.clock, self.jitter = clock, jitter
-        self.slots = asyncio.Semaphore(concurrency)
-        self._timeout = aiohttp.ClientTimeout(total=request_timeout)
+        # no total timeout: a long answer is fine as long as bytes keep coming
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=30.0, sock_read=stall_timeout)
         self.honours_n: bool | None = None  # learnt from the first answers: does the server return n choices?
         self._failing_since: float | None = None
         self._last_success: float | None = None
@@ -85,6 +96,14 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint({self.source!r}, {self.base_url!r})"
+
+    @property
+    def max_in_flight(self) -> int:
+        return self.admission.budget
+
+    def prompts_in_flight(self, n: int) -> int:
+        """Prompts to keep started so that admission always has a request waiting for freed units."""
+        return max(2, 2 * -(-self.admission.budget // max(n, 1)))
 
     async def complete(self, body: dict[str, Any]) -> Completion:
         """POST one chat completion, retrying as the module docstring says."""
@@ -99,9 +118,10 @@ class Endpoint:
             self.metrics.requests.labels(self.source).inc()
             retry_after = None
             try:
-                async with self.slots, self.http.post(self.url, json=body, timeout=self._timeout) as response:
-                    status, text = response.status, (await response.read()).decode("utf-8", errors="replace")
-                    retry_after = _retry_after(response.headers.get("retry-after"))
+                status, text, completion, retry_after = await self._post(body)
+                if completion is not None:
+                    self._succeeded(completion)
+                    return completion
                 if status == 200:
                     try:
                         completion = parse_completion(json.loads(text))
@@ -110,6 +130,10 @@ class Endpoint:
                     else:
                         self._succeeded(completion)
                         return completion
+                elif self.stream and status in (400, 422) and "stream" in text:
+                    self.stream = False  # a server without streaming: ask again at once, whole answers
+                    attempt -= 1
+                    continue
                 elif status in RETRYABLE_STATUS or status >= 500:
                     kind, detail = str(status), text[:300]
                 else:
@@ -119,11 +143,38 @@ class Endpoint:
                         f"{status}: {text[:500]}"
                     )
             except TimeoutError:
-                kind, detail = "timeout", f"no answer within {self.request_timeout:g}s"
+                kind, detail = "timeout", f"no progress for {self.stall_timeout:g}s (stalled)"
+            except BadResponse as exc:
+                kind, detail = "bad_response", str(exc)
+            except StreamError as exc:
+                kind, detail = "stream_error", str(exc)
             except aiohttp.ClientError as exc:
                 kind, detail = "connection", f"{type(exc).__name__}: {exc}"
             self.metrics.errors.labels(self.source, kind).inc()
             await asyncio.sleep(self._after_failure(kind, detail, attempt, started, retry_after))
+
+    async def _post(self, body: dict[str, Any]) -> tuple[int, str, Completion | None, float | None]:
+        """One attempt under admission: (status, error text, completion when streamed, Retry-After)."""
+        held = await self.admission.acquire(int(body.get("n") or 1))
+
+        def answer_done(index: int) -> None:
+            nonlocal held
+            if held > 0:  # the server's slot for this answer is free again
+                held -= 1
+                self.admission.release(1)
+
+        try:
+            if self.stream:
+                body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+            async with self.http.post(self.url, json=body, timeout=self._timeout) as response:
+                retry_after = _retry_after(response.headers.get("retry-after"))
+                streamed = response.headers.get("content-type", "").startswith("text/event-stream")
+                if response.status == 200 and streamed:
+                    return 200, "", await read_stream(response.content, answer_done), None
+                text = (await response.read()).decode("utf-8", errors="replace")
+                return response.status, text, None, retry_after
+        finally:
+            self.admission.release(held)
 
     def _succeeded(self, completion: Completion) -> None:
         self._failing_since = None

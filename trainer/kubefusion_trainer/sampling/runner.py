@@ -1,7 +1,7 @@
 """Sample N answers per prompt for a set of jobs, exactly once, committing chunks as prompts finish.
 
 A SampleJob is one (model, dataset, shard): its prompts, N, the sampling params, and a ShardWriter. Prompts run
-concurrently (up to the endpoint's concurrency); as each prompt gets all N answers its records join the
+concurrently (enough to keep the endpoint's admission budget full); as each prompt gets all N answers its records join the
 pending chunk, which is committed every `chunk_prompts` prompts or `chunk_seconds` seconds, whichever first
 (see shards.py for why that is exactly once). On an error the prompts already finished are committed before it
 propagates, so a rerun only redoes what was in flight. When every prompt of a job is committed the shard is
@@ -120,7 +120,7 @@ async def run_job(
     in_flight: set[asyncio.Task[list[SampleRecord]]] = set()
     finished: asyncio.Queue[asyncio.Task[list[SampleRecord]]] = asyncio.Queue()  # O(1) per completion
     queue = iter(todo)
-    limit = max(1, endpoint.concurrency)
+    limit = endpoint.prompts_in_flight(job.n)
     try:
         while True:
             launched = 0

@@ -1,21 +1,26 @@
 """Run an untrusted code answer against its tests, and decide the verdict outside the sandbox.
 
-Each run gets, where the platform allows (probed once; we run as root in the stage pods):
-  - new network, PID and mount namespaces (`unshare --net --pid --fork --kill-child --mount`): no network
-    (loopback down), no view of or signals to other processes, and killing the namespace's first process
-    kills every process the answer started, even ones that left our process group;
-  - a private size-limited tmpfs over /tmp, /dev/shm and /var/tmp as its working directory;
-  - its own unprivileged uid (one per concurrent run), so it cannot write or delete files outside, read
-    other processes' environment, or signal the scorer; RLIMIT_NPROC bounds fork bombs;
-  - rlimits on CPU seconds, address space, file size (which also caps captured output), open files;
-  - a clean environment (no inherited secrets), `python -I -S` (stdlib only), its own session, and a
-    wall-clock timeout after which the whole process group is killed.
-Where namespaces are not permitted the run falls back to rlimits + uid + session + temp dir and says so
-(`CodeSandbox.isolation`): there is then no network isolation.
+Containment (containment.py; chosen once per CodeSandbox, reported in `isolation`):
+  namespace  (root, namespaces permitted) new net/pid/mount namespaces (`unshare --net --pid --fork
+             --kill-child --mount`), a private size-limited tmpfs over /tmp, /dev/shm and /var/tmp, its own
+             unprivileged uid per concurrent run from a uid block this process holds (two scorers on one
+             machine never share uids), RLIMIT_NPROC on that uid, and the seccomp filter below.
+  process    (no root or capabilities: sandbox pods, non-root local runs) a launcher per answer in its
+             own session that is a child subreaper: it enforces the wall clock and the per-answer process
+             cap on its own descendants only (seccomp forbids new processes when the cap is 1), and kills
+             every descendant afterwards; Landlock confines files to the scratch dir, refuses TCP and
+             scopes signals; seccomp refuses non-unix sockets, signals to other processes, ptrace,
+             setsid; the driver is non-dumpable (its environ is unreadable to the same uid).
+             As root without namespaces the same, plus the run's own uid.
+Both: rlimits on CPU seconds, address space, file size (which also caps captured output), open files;
+a clean environment (no inherited secrets), `python -I -S` (stdlib only), a private scratch dir removed
+afterwards, and a wall-clock timeout after which the whole process group is killed.
 
-The verdict never trusts the answer's process: the parent compares returned values (expr tests) or stdout
-(io tests) with expected values that never enter the sandbox. For free-form test scripts the child
-prints a per-run random nonce after the script ran; an answer that exits early, crashes or prints a
+The verdict never trusts the answer's process: `execute` returns an Observation (what the harness
+reported: returned values, a digest of each stdout, how the process ended) and `judge` compares it with
+expected values that never enter the sandbox. So an Observation may come from another machine (a
+sandbox pod, stages/verify_code.py) and be judged here. For free-form test scripts the driver checks a
+per-run random nonce printed after the script ran; an answer that exits early, crashes or prints a
 fake success line fails. (An answer that deliberately inspects the harness's memory could find that
 nonce, which is why test code in `assert EXPR == LITERAL` form is always checked outside instead.)
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -36,16 +42,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from kubefusion_trainer.scoring.code_extract import TestPlan, outputs_match
+from kubefusion_trainer.scoring import containment, verdicts
+from kubefusion_trainer.scoring.code_extract import TestPlan
+from kubefusion_trainer.scoring.verdicts import CodeVerdict
 
 log = logging.getLogger(__name__)
 
 CHILD_SCRIPT = Path(__file__).with_name("sandbox_child.py")
-NAMESPACE_PREFIX = ["unshare", "--net", "--pid", "--fork", "--kill-child", "--mount"]
 CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"}
+TIMEOUT_STATUS, PROCESS_LIMIT_STATUS = 124, 125  # sandbox_child.py's launcher
+KILL_GRACE_SECONDS = 5.0  # the launcher enforces the timeout; the driver's own backstop comes after
+ERROR_NAMES = ("MemoryError", "RecursionError")  # what a crash's stderr may tell us (never stored raw)
 
 
 @dataclass(frozen=True)
@@ -56,59 +67,106 @@ class SandboxLimits:
     """Address-space limit."""
     file_size_mb: int = 16
     """Largest file the answer may write; also caps captured output."""
-    max_processes: int = 32
-    """Processes the answer's uid may run at once (only enforced with a uid of its own)."""
+    max_processes: int = 1
+    """Processes an answer may run at once, itself included (1: it may start none)."""
     output_bytes: int = 1 << 20
     """Most result/stdout bytes read back per run."""
     tmp_size_mb: int = 64
-    """Size of the private /tmp."""
+    """Size of the private /tmp (namespace containment)."""
 
 
 @dataclass(frozen=True)
-class CodeVerdict:
-    passed: bool
-    reason: str
+class Observation:
+    """What a sandbox run reported. JSON-safe; holds no expected values and no raw stdout (digests)."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    status: int = 0
+    timed_out: bool = False
+    script_completed: bool = False  # script mode: this run's nonce came back
+    error_name: str = ""  # MemoryError/RecursionError when the crash's stderr says so
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Observation:
+        return cls(
+            records=[r for r in data.get("records", []) if isinstance(r, dict)],
+            status=int(data.get("status", 0)),
+            timed_out=bool(data.get("timed_out", False)),
+            script_completed=bool(data.get("script_completed", False)),
+            error_name=str(data.get("error_name", "")),
+        )
+
+
+def stdout_digest(text: str) -> str:
+    """sha256 of stdout as outputs_match compares it (trailing whitespace per line ignored)."""
+    lines = [line.rstrip() for line in text.rstrip().splitlines()]
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "replace")).hexdigest()
 
 
 class CodeSandbox:
-    """Thread-safe: up to `concurrency` runs at once, each with its own uid."""
+    """Thread-safe: up to `concurrency` runs at once."""
 
     def __init__(
         self,
         limits: SandboxLimits | None = None,
         python: str | None = None,
         concurrency: int = 8,
-        base_uid: int = 61000,
-        use_namespaces: bool | None = None,
+        containment_mode: str | None = None,
     ) -> None:
         self.limits = limits or SandboxLimits()
         self.is_root = os.geteuid() == 0
         self.python = python or sandbox_python(needs_world_readable=self.is_root)
-        self.use_namespaces = probe_namespaces() if use_namespaces is None else use_namespaces
-        self._uids: queue.Queue[int | None] = queue.Queue()
+        containment_mode = containment_mode or os.environ.get("KUBEFUSION_SANDBOX_CONTAINMENT") or None
+        if containment_mode is None:
+            containment_mode = "namespace" if self.is_root and containment.probe_namespaces() else "process"
+        if containment_mode not in ("namespace", "process"):
+            raise ValueError(f"containment must be 'namespace' or 'process', not {containment_mode!r}")
+        if containment_mode == "namespace" and not self.is_root:
+            raise ValueError("namespace containment needs root; use 'process'")
+        self.containment = containment_mode
+        self.landlock = containment.landlock_abi() if containment_mode == "process" else 0
+        self.seccomp = containment.seccomp_supported()
+        self._block = containment.UidBlock(concurrency) if self.is_root else None
+        self.uids: list[int] = self._block.uids if self._block else []
+        self._slots: queue.Queue[int | None] = queue.Queue()
         for slot in range(concurrency):
-            self._uids.put(base_uid + slot if self.is_root else None)
-        notes = [
-            "namespaces (net, pid, mount) + private /tmp"
-            if self.use_namespaces
-            else "NO network isolation (namespaces not permitted)"
-        ]
-        notes.append("own uid" if self.is_root else "same uid as the scorer (not root)")
-        self.isolation = ", ".join(notes)
-        if not self.use_namespaces or not self.is_root:
+            self._slots.put(self.uids[slot] if self.uids else None)
+        if containment_mode == "process":
+            containment.harden_driver()
+        self.isolation = self._describe()
+        if containment_mode == "process" and (not self.landlock or not self.seccomp):
             log.warning("code sandbox runs with reduced isolation: %s", self.isolation)
 
-    def run(self, code: str, plan: TestPlan) -> CodeVerdict:
-        uid = self._uids.get()
-        try:
-            return self._run(code, plan, uid)
-        finally:
-            self._uids.put(uid)
+    def _describe(self) -> str:
+        if self.containment == "namespace":
+            seccomp = ", seccomp" if self.seccomp else ""
+            return f"namespace: net/pid/mount namespaces, private /tmp, own uid per run{seccomp}"
+        parts = ["process: own session + subreaper launcher, rlimits, scratch dir, non-dumpable driver"]
+        parts.append(f"landlock ABI {self.landlock}" if self.landlock else "NO landlock (files not confined)")
+        parts.append("seccomp" if self.seccomp else "NO seccomp (network and signals not confined)")
+        parts.append("own uid per run" if self.uids else "same uid as the scorer")
+        return ", ".join(parts)
 
-    def _run(self, code: str, plan: TestPlan, uid: int | None) -> CodeVerdict:
+    def close(self) -> None:
+        if self._block is not None:
+            self._block.close()
+
+    def run(self, code: str, plan: TestPlan) -> CodeVerdict:
+        return judge(plan, self.execute(code, plan))
+
+    def execute(self, code: str, plan: TestPlan) -> Observation:
+        uid = self._slots.get()
+        try:
+            return self._execute(code, plan, uid)
+        finally:
+            self._slots.put(uid)
+
+    def _execute(self, code: str, plan: TestPlan, uid: int | None) -> Observation:
         limits = self.limits
         nonce = secrets.token_hex(16)
-        home = Path(tempfile.mkdtemp(prefix="kf-sandbox-"))
+        home = Path(tempfile.mkdtemp(prefix="kf-sandbox-", dir=containment.scratch_root()))
         try:
             home.chmod(0o711)  # the answer may enter its workdir but not list or read our files here
             workdir = home / "work"
@@ -125,13 +183,17 @@ class CodeSandbox:
                 "script": plan.script if plan.mode == "script" else "",
                 "nonce": nonce if plan.mode == "script" else "",
                 "cpu_seconds": math.ceil(limits.timeout_seconds) + 1,
+                "timeout_seconds": limits.timeout_seconds,
                 "memory_mb": limits.memory_mb,
                 "file_size_bytes": limits.file_size_mb * 1024 * 1024,
                 "max_processes": limits.max_processes,
                 "output_bytes": limits.output_bytes,
                 "tmp_size_mb": limits.tmp_size_mb,
                 "uid": uid,
-                "private_tmp": self.use_namespaces,
+                "containment": self.containment,
+                "landlock": self.landlock,
+                "seccomp": self.seccomp,
+                "private_tmp": self.containment == "namespace",
                 "workdir": str(workdir),
             }
             with (
@@ -142,17 +204,18 @@ class CodeSandbox:
                 result.seek(0)
                 lines = result.read(limits.output_bytes).decode("utf-8", "replace").splitlines()
                 stderr.seek(0)
-                err_tail = stderr.read(limits.output_bytes)[-300:].decode("utf-8", "replace").strip()
+                err_tail = stderr.read(limits.output_bytes)[-300:].decode("utf-8", "replace")
         finally:
             shutil.rmtree(home, ignore_errors=True)
-        if timed_out:
-            return CodeVerdict(False, f"timeout after {limits.timeout_seconds:g}s")
-        return judge(plan, lines, nonce, status, err_tail)
+        return observe(plan, lines, nonce, status, timed_out, err_tail)
 
     def _spawn(self, job: dict, result_fd: int, stderr, uid: int | None) -> tuple[bool, int]:
         command = [self.python, "-I", "-S", str(CHILD_SCRIPT), str(result_fd)]
-        if self.use_namespaces:
-            command = NAMESPACE_PREFIX + command
+        if self.containment == "namespace":
+            command = containment.namespace_prefix() + command
+        env = dict(CLEAN_ENV)
+        if self.containment == "process":
+            env.update(HOME=job["workdir"], TMPDIR=job["workdir"])
         proc = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
@@ -160,12 +223,14 @@ class CodeSandbox:
             stderr=stderr,
             pass_fds=(result_fd,),
             start_new_session=True,
-            env=dict(CLEAN_ENV),
+            env=env,
             cwd="/",
         )
+        backstop = self.limits.timeout_seconds + (KILL_GRACE_SECONDS if self.containment == "process" else 0)
         timed_out = False
+        started = time.monotonic()
         try:
-            proc.communicate(json.dumps(job).encode(), timeout=self.limits.timeout_seconds)
+            proc.communicate(json.dumps(job).encode(), timeout=backstop)
         except subprocess.TimeoutExpired:
             timed_out = True
         except BrokenPipeError:
@@ -174,69 +239,87 @@ class CodeSandbox:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            if self.containment == "process":
+                containment.kill_session(proc.pid)  # a backstop: the launcher already killed its tree
             if uid is not None:
-                _reap_uid(uid)  # processes that left our group, or a dying namespace's stragglers
+                containment.reap_uid(uid)  # processes that left our group, or a dying namespace's stragglers
+        if self.containment == "process" and proc.returncode == TIMEOUT_STATUS:
+            timed_out = True
+        if proc.returncode != 0 and time.monotonic() - started >= self.limits.timeout_seconds:
+            # Killed after its time was up, whoever killed it (on a loaded machine the CPU-time rlimit can
+            # act before the launcher's clock): that is a timeout, not a crash.
+            timed_out = True
         return timed_out, proc.returncode
 
 
-def judge(plan: TestPlan, lines: list[str], nonce: str, status: int, err_tail: str) -> CodeVerdict:
-    """The verdict from the child's result lines; pure, so forged or garbled lines are testable."""
+def observe(
+    plan: TestPlan, lines: list[str], nonce: str, status: int, timed_out: bool, err_tail: str
+) -> Observation:
+    """The harness's result lines made safe to keep: parsed, io stdout replaced by its digest."""
     records = []
     for line in lines:
         with contextlib.suppress(ValueError):
             record = json.loads(line)
             if isinstance(record, dict):
+                if isinstance(record.get("stdout"), str):
+                    record = {**record, "stdout": stdout_digest(record["stdout"])}
                 records.append(record)
-    crash = f" (exit status {status}{': ' + err_tail if err_tail else ''})"
+    completed = plan.mode == "script" and any(r.get("nonce") == nonce for r in records)
     if plan.mode == "script":
-        if any(r.get("nonce") == nonce for r in records):
-            return CodeVerdict(True, "passed the test script")
-        return CodeVerdict(False, "test script did not complete" + crash)
+        records = []  # only the nonce mattered, and it is checked here
+    error_name = next((name for name in ERROR_NAMES if name in err_tail), "")
+    return Observation(records, status, timed_out, completed, error_name)
+
+
+def judge(plan: TestPlan, obs: Observation) -> CodeVerdict:
+    """The verdict from an observation and the expected values only we know; pure."""
+    if plan.mode == "script":
+        if obs.script_completed and not obs.timed_out:
+            return verdicts.passed(1)
+        return _ended(obs, "test script did not complete")
+    if obs.timed_out:
+        return verdicts.failed(verdicts.TIMEOUT)
+    if obs.status == PROCESS_LIMIT_STATUS:
+        return verdicts.failed(verdicts.PROCESS_LIMIT)
     by_case: dict[int, list[dict]] = {}
-    for record in records:
+    for record in obs.records:
         if isinstance(record.get("i"), int):
             by_case.setdefault(record["i"], []).append(record)
     for i, expected in enumerate(plan.expected):
-        found = by_case.get(i)
-        if not found:
-            return CodeVerdict(False, f"test {i + 1}/{plan.count} did not run" + crash)
-        for record in found:  # a forged extra line must not outvote the real one
+        case = f"test {i + 1}/{plan.count}"
+        if i not in by_case:
+            return _ended(obs, f"{case} did not run")
+        for record in by_case[i]:  # a forged extra line must not outvote the real one
+            if "error" in record:
+                return verdicts.from_error(case, str(record["error"]))
             problem = _case_problem(plan.mode, record, expected)
             if problem:
-                return CodeVerdict(False, f"test {i + 1}/{plan.count} failed: {problem}"[:400])
-    return CodeVerdict(True, f"passed {plan.count}/{plan.count} tests")
+                return verdicts.failed(verdicts.WRONG_ANSWER, f"{case}: {problem}")
+    return verdicts.passed(plan.count)
+
+
+def _ended(obs: Observation, what: str) -> CodeVerdict:
+    """Why a run produced no (complete) result: limits first, then a plain crash."""
+    if obs.timed_out:
+        return verdicts.failed(verdicts.TIMEOUT)
+    if obs.status == PROCESS_LIMIT_STATUS:
+        return verdicts.failed(verdicts.PROCESS_LIMIT)
+    if obs.error_name == "MemoryError":
+        return verdicts.failed(verdicts.MEMORY, what)
+    if abs(obs.status) in (signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return verdicts.failed(verdicts.TIMEOUT, "CPU time limit")
+    why = obs.error_name or f"exit status {obs.status}"
+    return verdicts.failed(verdicts.CRASH, f"{what} ({why})")
 
 
 def _case_problem(mode: str, record: dict, expected: object) -> str | None:
-    if "error" in record:
-        return str(record["error"])
     if mode == "io":
-        actual = record.get("stdout")
-        if not isinstance(actual, str) or not outputs_match(actual, str(expected)):
-            return f"stdout {str(actual)[:80]!r} != expected"
-        return None
+        return None if record.get("stdout") == stdout_digest(str(expected)) else "stdout differs"
     try:
         value = ast.literal_eval(record.get("value", ""))
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return "returned value is not a plain value"
-    if value != expected:
-        return f"got {str(record.get('value'))[:80]}"
-    return None
-
-
-def probe_namespaces() -> bool:
-    """Whether this machine lets us create net/pid/mount namespaces and mount a tmpfs in them."""
-    if shutil.which("unshare") is None:
-        return False
-    try:
-        probe = subprocess.run(
-            [*NAMESPACE_PREFIX, "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /tmp"],
-            capture_output=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
+    return None if value == expected else "returned value differs"
 
 
 def sandbox_python(needs_world_readable: bool) -> str:
@@ -269,43 +352,3 @@ def _world_readable(path: Path) -> bool:
         if not parent.stat().st_mode & 0o001:
             return False
     return bool(path.stat().st_mode & 0o004)
-
-
-def uid_processes(uid: int) -> list[int]:
-    """Live processes whose real uid is `uid`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if int(fields.get("Uid", "-1 0").split()[0]) == uid:
-            found.append(int(entry))
-    return found
-
-
-def _reap_uid(uid: int, deadline_seconds: float = 10.0) -> None:
-    """Kill every process of the run's uid and wait until none is left, so the uid is clean for reuse."""
-    deadline = time.monotonic() + deadline_seconds
-    while uid_processes(uid):
-        if time.monotonic() > deadline:
-            log.warning("sandbox uid %d still has processes after %.0fs", uid, deadline_seconds)
-            return
-        _kill_uid(uid)
-        time.sleep(0.01)
-
-
-def _kill_uid(uid: int) -> None:
-    """kill(-1) from a process running as `uid` reaches exactly that uid's processes."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        try:
-            os.setgid(uid)
-            os.setuid(uid)
-            os.kill(-1, signal.SIGKILL)
-        finally:
-            os._exit(0)
-    os.waitpid(pid, 0)

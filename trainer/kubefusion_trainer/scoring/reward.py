@@ -1,9 +1,16 @@
 """Reward-model scoring: [user, assistant] conversations -> one float each.
 
 The RM's own chat template renders each conversation; sequences are right-padded (ArmoRM reads the
-hidden state of the last token before the first pad) and batched after sorting by length, so a batch
-wastes little on padding. Conversations longer than max_length are cut and reported as truncated.
-ArmoRM-style remote-code models return `.score`; plain sequence classifiers `.logits[:, 0]`.
+hidden state of the last token before the first pad) and batched by a token budget: sorted by length
+(longest first, so the largest batch comes first and an out-of-memory shows at once), each batch takes rows
+while rows x its longest row stays within `tokens_per_batch` (and rows <= batch_size). Short answers get
+wide batches, long ones narrow batches, and little is spent on padding either way.
+
+Causal (decoder-only) reward models, such as ArmoRM and Llama/Mistral/Gemma/Qwen classifiers, get no
+attention mask: with right padding a real token attends only to earlier real tokens anyway, so the result is
+the same, and attention takes its causal fast path instead of building a batch x length x length mask.
+Conversations longer than max_length are cut and reported as truncated. ArmoRM-style remote-code models
+return `.score`; plain sequence classifiers `.logits[:, 0]`.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ class RewardScorer:
         max_length: int = 4096,
         device: str = "cpu",
         sort_by_length: bool = True,
+        tokens_per_batch: int | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -55,6 +63,8 @@ class RewardScorer:
         self.max_length = max_length
         self.device = device
         self.sort_by_length = sort_by_length
+        self.tokens_per_batch = tokens_per_batch
+        self.causal = is_causal_decoder(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("reward model tokenizer has neither a pad nor an eos token to pad with")
@@ -65,7 +75,14 @@ class RewardScorer:
         cls, config: RewardModelConfig, device: str = "cpu", loader: Loader = load_reward_model
     ) -> RewardScorer:
         model, tokenizer = loader(config, device)
-        return cls(model, tokenizer, config.batch_size, config.max_length, device)
+        return cls(
+            model,
+            tokenizer,
+            config.batch_size,
+            config.max_length,
+            device,
+            tokens_per_batch=config.tokens_per_batch or default_tokens_per_batch(device),
+        )
 
     def encode(self, conversations: Sequence[Sequence[Message]]) -> list[tuple[list[int], bool]]:
         """Token ids per conversation (cut to max_length) and whether it was cut; one tokenizer call."""
@@ -77,17 +94,32 @@ class RewardScorer:
             (ids[: self.max_length], True) if len(ids) > self.max_length else (ids, False) for ids in all_ids
         ]
 
+    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices of each forward pass: packed to the token budget (see the module docstring)."""
+        order = list(range(len(lengths)))
+        if self.sort_by_length:
+            order.sort(key=lambda i: -lengths[i])
+        out: list[list[int]] = []
+        width = 0  # the longest row of the batch being filled
+        for i in order:
+            wider = max(width, lengths[i])
+            rows = len(out[-1]) + 1 if out else 1
+            budget_ok = self.tokens_per_batch is None or rows * wider <= self.tokens_per_batch
+            if out and rows <= self.batch_size and budget_ok:
+                out[-1].append(i)
+                width = wider
+            else:
+                out.append([i])
+                width = lengths[i]
+        return out
+
     def score(self, conversations: Sequence[Sequence[Message]]) -> list[RewardResult]:
         import torch
 
         encoded = self.encode(conversations)
-        order = list(range(len(encoded)))
-        if self.sort_by_length:
-            order.sort(key=lambda i: len(encoded[i][0]))
         rewards = [0.0] * len(encoded)
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start : start + self.batch_size]
+            for batch in self.batches([len(ids) for ids, _ in encoded]):
                 width = max(len(encoded[i][0]) for i in batch)
                 ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -95,11 +127,32 @@ class RewardScorer:
                     tokens = encoded[i][0]
                     ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
                     mask[row, : len(tokens)] = 1
-                output = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device))
-                values = _reward_tensor(output).float().cpu().tolist()
+                inputs = {"input_ids": ids.to(self.device)}
+                if not self.causal:
+                    inputs["attention_mask"] = mask.to(self.device)
+                values = _reward_tensor(self.model(**inputs)).float().cpu().tolist()
                 for row, i in enumerate(batch):
                     rewards[i] = float(values[row])
         return [RewardResult(rewards[i], encoded[i][1], len(encoded[i][0])) for i in range(len(encoded))]
+
+
+def default_tokens_per_batch(device: str) -> int:
+    """A GPU wants large batches to fill its cores; a CPU is fastest when a batch's activations fit its caches
+    (measured with benchmarks/bench_scoring.py: 2048 beat 1024, 4096 and 16384 on short and long answers)."""
+    return 16384 if device.startswith("cuda") else 2048
+
+
+# Decoder-only families: a token sees only earlier tokens, so right padding needs no attention mask.
+CAUSAL_MODEL_TYPES = frozenset(
+    {"llama", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "qwen2", "qwen3", "phi3", "gpt2", "gpt_neox"}
+)
+
+
+def is_causal_decoder(model: Any) -> bool:
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None) in CAUSAL_MODEL_TYPES and not getattr(
+        config, "is_encoder_decoder", False
+    )
 
 
 def _reward_tensor(output: Any) -> Any:

@@ -3,8 +3,10 @@
 Reads only the run config and the run's storage: the held-out prompts (prepared/<dataset>.jsonl, split
 "eval", at most spec.evaluation.maxPrompts per dataset), the original target (spec.target.model), every
 trained stage's final model (train/<stage>/final) and, with --include-sources, the sources' models.
-Each model answers greedily with transformers generate; the answers are scored exactly as the score stage
-scores samples (reward model; math-verify against the gold answer; code against its tests). Outputs:
+Each model answers greedily: through its own OpenAI-compatible server when the run config names one
+(endpoints["eval-<model>"]: the operator serves every candidate with vLLM, the local runner with its
+model server), else with transformers generate in this process (sources with --include-sources, or a
+run config without servers). The answers are scored exactly as the score stage scores samples (reward model; math-verify against the gold answer; code against its tests). Outputs:
 
   eval/answers/<model>.jsonl   one row per prompt: answer, correct, reward (written once per model)
   eval/scorecard.json          per dataset: accuracy and mean reward per model, win rate vs original
@@ -23,7 +25,7 @@ from typing import Any
 
 from kubefusion_trainer.atomic import atomic_write_json, atomic_write_text
 from kubefusion_trainer.config import RunConfig, load_run_config
-from kubefusion_trainer.layout import RunLayout
+from kubefusion_trainer.layout import RunLayout, candidate_endpoint
 
 ORIGINAL = "original"
 
@@ -259,6 +261,47 @@ def generate_answers(
     return answers
 
 
+def answer_with_server(
+    base_url: str,
+    name: str,
+    path: str,
+    conversations: Sequence[list[dict[str, str]]],
+    max_new_tokens: int,
+    seed: int,
+    concurrency: int = 64,
+) -> list[str]:
+    """Greedy answers (temperature 0) from an OpenAI-compatible server, in prompt order.
+
+    The request names the model the server lists (vLLM: eval-<name>), else the model's path (what
+    `transformers serve` is pinned to)."""
+    import asyncio
+
+    import aiohttp
+
+    from kubefusion_trainer.sampling.client import Endpoint
+    from kubefusion_trainer.stages.sample import served_model
+
+    async def ask_all() -> list[str]:
+        async with aiohttp.ClientSession() as http:
+            model = await served_model(http, base_url) or path
+            endpoint = Endpoint(name, base_url, http, concurrency=concurrency)
+            bodies = [
+                {
+                    "model": model,
+                    "messages": list(messages),
+                    "temperature": 0.0,
+                    "top_p": 1.0,
+                    "max_tokens": max_new_tokens,
+                    "seed": seed,
+                }
+                for messages in conversations
+            ]
+            completions = await asyncio.gather(*(endpoint.complete(body) for body in bodies))
+        return [c.choices[0].content for c in completions]
+
+    return asyncio.run(ask_all())
+
+
 def score_answers(
     config: RunConfig,
     layout: RunLayout,
@@ -310,10 +353,12 @@ def evaluate(
     load_model: Callable[[str], tuple[Any, Any]] | None = None,
     reward_loader: Any = None,
     on_model: Callable[[str, int], None] = lambda name, n: None,
+    answer_server: Callable[..., list[str]] = answer_with_server,
 ) -> dict[str, Any]:
     """Answer, score and compare; returns the scorecard (also written to eval/scorecard.json).
 
-    load_model(path) -> (model, tokenizer) and reward_loader (the score stage's Loader) are injectable.
+    load_model(path) -> (model, tokenizer), answer_server (see answer_with_server) and reward_loader (the
+    score stage's Loader) are injectable.
     """
     from kubefusion_trainer.stages.score import Scorers
 
@@ -339,9 +384,14 @@ def evaluate(
                 ]
                 on_model(name, len(results[name]))
                 continue
-            model, tokenizer = load_model(path)
-            answers = generate_answers(model, tokenizer, conversations, tokens, batch_size)
-            del model
+            server = config.endpoints.get(candidate_endpoint(name))
+            if server:
+                seed = spec.target.sampling.seed or 0
+                answers = answer_server(server, name, path, conversations, tokens, seed)
+            else:
+                model, tokenizer = load_model(path)
+                answers = generate_answers(model, tokenizer, conversations, tokens, batch_size)
+                del model
             rows = score_answers(config, layout, prompts, answers, name, scorers)
             atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
             results[name] = rows

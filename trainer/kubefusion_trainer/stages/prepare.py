@@ -6,7 +6,8 @@ For every dataset of the spec it writes (atomically, so a rerun simply redoes it
                                     duplicate rows (see dataprep.normalize)
   samples/sources/<existing>/<dataset>/shard-00000-of-00001.jsonl
                                     the dataset's existingAnswers as SampleRecords of that pseudo-source
-and finally state/prepare.json with the counts. Dataset locations are described in dataprep.loading
+and finally state/prepare.json with the counts. It first checks that it can write the run folder and, if not,
+fails with the uid/gid it runs as, the PVC (KUBEFUSION_STORAGE_PVC) and how to fix it. Dataset locations are described in dataprep.loading
 (relative paths: the current directory first, then the storage root). Exit status 1 when a dataset cannot be
 loaded at all or yields no prompt; broken rows alone do not fail the stage (they are reported).
 """
@@ -14,7 +15,9 @@ loaded at all or yields no prompt; broken rows alone do not fail the stage (they
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from kubefusion_trainer.atomic import atomic_write_json
@@ -28,6 +31,33 @@ from kubefusion_trainer.shards import complete_shards, write_jsonl, write_shard
 
 class PrepareError(RuntimeError):
     pass
+
+
+PVC_ENV = "KUBEFUSION_STORAGE_PVC"  # set by the operator in stage pods: the claim behind the run folder
+
+
+def check_writable(root: str | Path) -> None:
+    """Fail early, with the fix, when this process cannot write the run folder (every stage writes it)."""
+    folder = Path(root)
+    probe = folder / f".write-check-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        uid, gid, groups = os.getuid(), os.getgid(), sorted(set(os.getgroups()) - {os.getgid()})
+        claim = os.environ.get(PVC_ENV)
+        where = f"PersistentVolumeClaim {claim!r} (spec.storage.pvc)" if claim else "the run's storage"
+        raise PrepareError(
+            f"the run folder {folder} on {where} is not writable by uid {uid}, gid {gid}"
+            f"{f', supplementary groups {groups}' if groups else ''}: {exc.strerror or exc}.\n"
+            "  Fix: make the volume writable by this user. Either set spec.podSecurity.fsGroup (Kubernetes "
+            "then gives the volume to that group, where the volume type supports it), or, for volumes that "
+            "ignore fsGroup (many NFS exports, CephFS, Filestore), make the volume's root group-writable by "
+            f"a group the pods have: e.g. `chgrp {gid} <export root> && chmod 2775 <export root>`, or set "
+            "spec.podSecurity.runAsUser/runAsGroup/supplementalGroups to the owner of the volume's root. "
+            "A read-only mount (readOnly, ReadOnlyMany) cannot hold a run."
+        ) from exc
 
 
 def check_existing_answer_names(run: RunConfig, dataset: DatasetConfig) -> None:
@@ -77,6 +107,7 @@ def summary_line(report: dict[str, Any]) -> str:
 def run_prepare(run: RunConfig, reporter: ProgressReporter | None = None) -> dict[str, Any]:
     """Prepare every dataset; returns the completion record (also written to state/prepare.json)."""
     layout = RunLayout(run.storage_root)
+    check_writable(run.storage_root)
     datasets: dict[str, Any] = {}
     failures = []
     if reporter is not None:

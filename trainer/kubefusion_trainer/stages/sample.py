@@ -8,7 +8,9 @@
 Held-out (eval) prompts are never sampled. `--shard I/N` takes the prompts whose id, read as a hex number, is
 I modulo N: disjoint, deterministic subsets for the pods of an Indexed Job. Output: samples/<phase>/<model>/
 <dataset>/shard-I-of-N.jsonl (SampleRecords), committed in chunks while running (shards.py); a rerun after a
-kill at any moment skips what is committed and loses nothing.
+kill at any moment skips what is committed and loses nothing. `--max-in-flight` bounds the answers being
+generated at once per endpoint (this shard's share of the server replica's batch; sampling/admission.py);
+answers stream, and `--stall-timeout` retries a request only when the server stops sending.
 
 Completion records (state/): sample-<phase>-<source> per source, and sample-<phase> once every source of the
 phase is done (phase target: sample-target only), each with the suffix -shard-I-of-N when sharded.
@@ -36,7 +38,7 @@ from kubefusion_trainer.records import PromptRecord
 from kubefusion_trainer.sampling.client import Endpoint, RetryPolicy
 from kubefusion_trainer.sampling.metrics import SampleMetrics
 from kubefusion_trainer.sampling.runner import SampleJob, run_jobs
-from kubefusion_trainer.shards import ShardWriter, read_jsonl
+from kubefusion_trainer.shards import ShardWriter, in_prompt_shard, read_jsonl
 
 
 class PlanError(ValueError):
@@ -54,7 +56,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def in_shard(pid: str, index: int, count: int) -> bool:
-    return int(pid, 16) % count == index
+    return in_prompt_shard(pid, index, count)  # the score stage splits its work the same way
 
 
 def load_prompts(layout: RunLayout, dataset: str) -> list[PromptRecord]:
@@ -140,16 +142,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="handle shard I of N of the prompts (Indexed Job index / completions)",
     )
     parser.add_argument(
+        "--max-in-flight",
         "--concurrency",
+        dest="max_in_flight",
         type=int,
         default=256,
-        help="requests in flight per endpoint (default 256: vLLM batches continuously)",
+        metavar="ANSWERS",
+        help="answers being generated at once per endpoint: this shard's share of what the server replica "
+        "runs (vLLM --max-num-seqs); a request for n answers counts n. The operator sets it (default 256)",
     )
     parser.add_argument(
+        "--stall-timeout",
         "--request-timeout",
+        dest="stall_timeout",
         type=float,
-        default=600.0,
-        help="seconds one request may take before it is retried (default 600)",
+        default=300.0,
+        help="seconds without a byte from the server (first token included) before a request is retried; "
+        "answers stream, so a long answer never times out (default 300)",
     )
     parser.add_argument(
         "--endpoint-deadline",
@@ -223,8 +232,8 @@ async def run_sample(run: RunConfig, args: argparse.Namespace, reporter: Progres
                 source,
                 url,
                 http,
-                concurrency=args.concurrency,
-                request_timeout=args.request_timeout,
+                max_in_flight=args.max_in_flight,
+                stall_timeout=args.stall_timeout,
                 deadline=args.endpoint_deadline,
                 retry=retry,
                 metrics=metrics,

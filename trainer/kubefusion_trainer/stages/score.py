@@ -1,9 +1,12 @@
 """`kubefusion stage score`: reward, math and code scores for every sampled answer.
 
-For each sample shard (samples/<phase>/<model>/<dataset>/shard-*.jsonl) it writes the score shard of the
-same name (scores/<phase>/<model>/<dataset>/): every SampleRecord plus `reward`, `correct` (true/false,
-or null when not applicable) and `reason`. A score shard is written atomically and skipped when it
-already exists, so a rerun resumes. `--shard I/N` takes every N-th sample shard starting at I.
+For every (model, dataset) it reads the sample shards (samples/<phase>/<model>/<dataset>/shard-*.jsonl)
+and writes scores/<phase>/<model>/<dataset>/shard-I-of-N.jsonl: every SampleRecord plus `reward`, `correct`
+(true/false, or null when not applicable) and `reason`. `--shard I/N` scores the prompts whose id is I
+modulo N (the pods of an Indexed Job); answers are committed in chunks of whole prompts and a complete
+shard is skipped, so a rerun after a kill resumes and no score is lost or written twice
+(scoring/by_prompt.py). Math checks and code runs (CPU, `--concurrency` workers) run while the reward model
+scores the same chunk.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from typing import Any
 
 from kubefusion_trainer.atomic import atomic_write_json
 from kubefusion_trainer.config import DatasetConfig, FusionConfig, load_run_config
-from kubefusion_trainer.layout import TARGET_MODEL_NAME, Phase, RunLayout, parse_shard_name
+from kubefusion_trainer.layout import TARGET_MODEL_NAME, Phase, RunLayout
 from kubefusion_trainer.records import SampleRecord, ScoredRecord
-from kubefusion_trainer.scoring.code_extract import TestFormatError, extract_code, plan_tests, static_check
-from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, SandboxLimits
+from kubefusion_trainer.scoring.by_prompt import score_folder
+from kubefusion_trainer.scoring.code_items import CodeItem, VerdictShards, prepare_answer
+from kubefusion_trainer.scoring.code_sandbox import CodeSandbox, judge
 from kubefusion_trainer.scoring.math_check import MathChecker
 from kubefusion_trainer.scoring.reward import Loader, RewardScorer, load_reward_model
-from kubefusion_trainer.shards import complete_shards, missing_shards, write_jsonl
+from kubefusion_trainer.shards import complete_shards, missing_shards
 
 
 class InputError(ValueError):
@@ -38,8 +42,8 @@ class InputError(ValueError):
 class Unit:
     model: str
     dataset: DatasetConfig
-    sample_shard: Path
-    score_shard: Path
+    sample_shards: tuple[Path, ...]
+    scores: Path  # the folder its score shards go to
 
 
 @dataclass
@@ -54,6 +58,7 @@ class Scorers:
     _math: MathChecker | None = None
     _sandbox: CodeSandbox | None = None
     counts: Counter = field(default_factory=Counter)
+    sandbox_verdicts: VerdictShards | None = None  # --sandbox-verdicts: code ran in sandbox pods
 
     @property
     def reward(self) -> RewardScorer:
@@ -70,21 +75,30 @@ class Scorers:
     @property
     def sandbox(self) -> CodeSandbox:
         if self._sandbox is None:
-            limits = self.spec.scoring.code_execution
-            self._sandbox = CodeSandbox(
-                SandboxLimits(timeout_seconds=limits.timeout_seconds, memory_mb=limits.memory_mb),
-                concurrency=self.concurrency,
-            )
+            from kubefusion_trainer.stages.verify_code import sandbox_limits
+
+            self._sandbox = CodeSandbox(sandbox_limits(self.spec), concurrency=self.concurrency)
             print(f"code sandbox: {self._sandbox.isolation}", file=sys.stderr)
         return self._sandbox
+
+    def code_verdict(self, item: CodeItem) -> tuple[bool, str]:
+        """From the sandbox pods' verdict shards when given, else run it here."""
+        if self.sandbox_verdicts is not None:
+            verdict = judge(item.plan, self.sandbox_verdicts.use(item))
+        else:
+            verdict = self.sandbox.run(item.code, item.plan)
+        self.counts[f"code_{verdict.category}"] += 1
+        return verdict.passed, f"code: {verdict.reason}"
 
     def close(self) -> None:
         if self._math is not None:
             self._math.close()
+        if self._sandbox is not None:
+            self._sandbox.close()
 
 
 def plan_units(spec: FusionConfig, layout: RunLayout, phase: Phase) -> list[Unit]:
-    """Every (model, dataset, sample shard) of a phase, in a stable order."""
+    """Every (model, dataset) of a phase with its sample shards, in a stable order."""
     units = []
     for dataset in spec.datasets:
         if phase == "target":
@@ -96,11 +110,9 @@ def plan_units(spec: FusionConfig, layout: RunLayout, phase: Phase) -> list[Unit
                 e.source for e in dataset.existing_answers
             ]
         for model in models:
-            for shard in sample_shards(layout, phase, model, dataset.name):
-                index, count = parse_shard_name(shard.name)
-                units.append(
-                    Unit(model, dataset, shard, layout.score_shard(phase, model, dataset.name, index, count))
-                )
+            shards = tuple(sample_shards(layout, phase, model, dataset.name))
+            if shards:
+                units.append(Unit(model, dataset, shards, layout.scores_dir(phase, model, dataset.name)))
     return units
 
 
@@ -130,20 +142,6 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield number, record
 
 
-def read_sample_shard(path: Path) -> list[SampleRecord]:
-    records = []
-    for number, record in read_jsonl(path):
-        for key, kind in (("prompt_id", str), ("answer", str), ("messages", list), ("source", str)):
-            if not isinstance(record.get(key), kind):
-                raise InputError(f"{path}:{number}: field {key!r} must be a {kind.__name__}")
-        records.append(record)
-    return records  # type: ignore[return-value]
-
-
-def write_score_shard(path: Path, records: list[ScoredRecord]) -> None:
-    write_jsonl(path, records)  # type: ignore[arg-type]
-
-
 def load_labels(layout: RunLayout, dataset: DatasetConfig) -> dict[str, tuple[Any, Any]]:
     """prompt_id -> (gold_answer, tests), only for datasets that check correctness."""
     if dataset.domain not in ("math", "code"):
@@ -157,14 +155,12 @@ def load_labels(layout: RunLayout, dataset: DatasetConfig) -> dict[str, tuple[An
 def score_records(
     records: list[SampleRecord], domain: str, labels: dict[str, tuple[Any, Any]], scorers: Scorers
 ) -> list[ScoredRecord]:
-    rewards = scorers.reward.score(
-        [[*r["messages"], {"role": "assistant", "content": r["answer"]}] for r in records]
-    )
-    verdicts: list[tuple[bool | None, str]] = [(None, f"{domain}: correctness not checked")] * len(records)
-    if domain == "math":
-        verdicts = _math_verdicts(records, labels, scorers)
-    elif domain == "code":
-        verdicts = _code_verdicts(records, labels, scorers)
+    with ThreadPoolExecutor(1) as background:  # CPU checks run while the reward model scores
+        checking = background.submit(_verdicts, records, domain, labels, scorers)
+        rewards = scorers.reward.score(
+            [[*r["messages"], {"role": "assistant", "content": r["answer"]}] for r in records]
+        )
+        verdicts = checking.result()
     scored = []
     for record, result, (correct, why) in zip(records, rewards, verdicts, strict=True):
         note = f"reward on {result.tokens} tokens" + (
@@ -174,6 +170,16 @@ def score_records(
         scorers.counts[{True: "correct", False: "incorrect", None: "not_checked"}[correct]] += 1
         scored.append({**record, "reward": result.reward, "correct": correct, "reason": f"{why}; {note}"})
     return scored  # type: ignore[return-value]
+
+
+def _verdicts(
+    records: list[SampleRecord], domain: str, labels: dict, scorers: Scorers
+) -> list[tuple[bool | None, str]]:
+    if domain == "math":
+        return _math_verdicts(records, labels, scorers)
+    if domain == "code":
+        return _code_verdicts(records, labels, scorers)
+    return [(None, f"{domain}: correctness not checked")] * len(records)
 
 
 def _math_verdicts(
@@ -196,23 +202,19 @@ def _code_verdicts(
 ) -> list[tuple[bool | None, str]]:
     def verdict(record: SampleRecord) -> tuple[bool | None, str]:
         tests = labels.get(record["prompt_id"], (None, None))[1]
-        if not tests:
-            return None, "code: no tests"
-        try:
-            plan = plan_tests(tests)
-        except TestFormatError as exc:
-            return None, f"code: unusable tests for prompt {record['prompt_id']}: {exc}"
-        code = extract_code(record["answer"])
-        if code is None:
-            return False, "code: no code block in the answer"
-        problem = static_check(code)
-        if problem:
-            return False, f"code: {problem}"
-        result = scorers.sandbox.run(code, plan)
-        return result.passed, f"code: {result.reason}"
+        prepared = prepare_answer(record, tests)  # type: ignore[arg-type]
+        return scorers.code_verdict(prepared) if isinstance(prepared, CodeItem) else prepared
 
     with ThreadPoolExecutor(scorers.concurrency) as pool:
         return list(pool.map(verdict, records))
+
+
+def load_sandbox_verdicts(spec: FusionConfig, layout: RunLayout, phase: Phase) -> VerdictShards:
+    count = spec.scoring.code_execution.sandbox_pods
+    try:
+        return VerdictShards.load([layout.sandbox_verdicts(phase, i, count) for i in range(count)])
+    except FileNotFoundError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -230,12 +232,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="Run config file (YAML or JSON).")
     parser.add_argument("--phase", choices=("sources", "target"), default="sources", help="Default sources.")
     parser.add_argument(
-        "--shard", type=parse_shard, default=(0, 1), help="I/N: score every N-th sample shard from I."
+        "--shard", type=parse_shard, default=(0, 1), help="I/N: score the prompts whose id is I modulo N."
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="Reward model device.")
-    parser.add_argument("--concurrency", type=int, default=2, help="Parallel code runs and math workers.")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=2,
+        help="Parallel code runs and math workers; on a cluster the pod's CPU request. Default 2.",
+    )
+    parser.add_argument(
+        "--chunk-answers",
+        type=int,
+        default=1024,
+        help="Commit scores every this many answers (whole prompts). Default 1024.",
+    )
     parser.add_argument(
         "--metrics-port", type=int, default=None, help="Serve Prometheus metrics on this port."
+    )
+    parser.add_argument(
+        "--sandbox-verdicts",
+        action="store_true",
+        help="Take code verdicts from `stage verify-code`'s shards instead of running code here.",
     )
     return parser
 
@@ -246,24 +264,31 @@ def run(args: argparse.Namespace, loader: Loader = load_reward_model) -> dict[st
     config = load_run_config(args.config)
     layout = RunLayout(config.storage_root)
     index, count = args.shard
-    units = plan_units(config.spec, layout, args.phase)[index::count]
+    units = plan_units(config.spec, layout, args.phase)
     scorers = Scorers(config.spec, args.device, max(1, args.concurrency), loader)
-    progress = ProgressReporter("score", unit="shards", metrics_port=args.metrics_port)
+    if getattr(args, "sandbox_verdicts", False):
+        scorers.sandbox_verdicts = load_sandbox_verdicts(config.spec, layout, args.phase)
+    progress = ProgressReporter("score", unit="folders", metrics_port=args.metrics_port)
     progress.set_total(len(units))
     started = time.monotonic()
-    labels_cache: dict[str, dict] = {}
     try:
         for unit in units:
-            if unit.score_shard.exists():
-                scorers.counts["shards_skipped"] += 1
-            else:
-                if unit.dataset.name not in labels_cache:
-                    labels_cache[unit.dataset.name] = load_labels(layout, unit.dataset)
-                records = read_sample_shard(unit.sample_shard)
-                scored = score_records(records, unit.dataset.domain, labels_cache[unit.dataset.name], scorers)
-                write_score_shard(unit.score_shard, scored)
-                scorers.counts["shards_scored"] += 1
-                scorers.counts["answers"] += len(scored)
+            labels: dict[str, tuple[Any, Any]] | None = None
+
+            def score(records: list[SampleRecord], unit: Unit = unit) -> list[ScoredRecord]:
+                nonlocal labels
+                if labels is None:  # read only when this pod has answers of the dataset to score
+                    labels = load_labels(layout, unit.dataset)
+                return score_records(records, unit.dataset.domain, labels, scorers)
+
+            score_folder(
+                unit.sample_shards,
+                unit.scores,
+                (index, count),
+                score,
+                scorers.counts,
+                getattr(args, "chunk_answers", 1024),
+            )
             progress.advance()
     finally:
         scorers.close()
@@ -271,12 +296,15 @@ def run(args: argparse.Namespace, loader: Loader = load_reward_model) -> dict[st
     summary = {
         "phase": args.phase,
         "shard": f"{index}/{count}",
-        "shards": len(units),
+        "folders": len(units),
         "seconds": round(time.monotonic() - started, 3),
         **{k: int(v) for k, v in scorers.counts.items()},
     }
     if scorers._sandbox is not None:
         summary["sandbox_isolation"] = scorers._sandbox.isolation
+    if scorers.sandbox_verdicts is not None:
+        summary["sandbox_isolation"] = "; ".join(sorted(scorers.sandbox_verdicts.isolation))
+        summary["sandbox_verdicts_merged"] = len(scorers.sandbox_verdicts.used)
     name = f"score-{args.phase}" + (f"-shard-{index}-of-{count}" if count > 1 else "")
     atomic_write_json(layout.stage_record(name), summary)
     return summary

@@ -10,7 +10,8 @@ kube-apiserver, on create:
   pods could not get such a hostname).
 The training operator (a PyTorchJob's derived objects, checked here at create time so that a test sees
 the failure instead of a job stuck without pods): the name is a DNS-1035 label (its webhook), and its
-per-replica Services `<name>-<replicatype>-<index>` must be DNS-1035 labels too.
+per-replica Services `<name>-<replicatype>-<index>` must be DNS-1035 labels too. A TrainJob's name is
+checked by its CRD (crd_schemas.py); its JobSet's pod hostnames `<name>-node-0-<index>` here.
 
 Tests/fixtures turn it on with `emulator.admission_checks.append(check)`; `emulator_server()` does by
 default. test_op_emulator_names.py proves each refusal.
@@ -87,6 +88,9 @@ def derived_names(kind: str, obj: dict[str, Any]) -> list[tuple[str, str, bool]]
             )
             for rtype, rs in (spec.get("pytorchReplicaSpecs") or {}).items()
         ]
+    if kind == "TrainJob":  # its JobSet's pods: <name>-node-<job index>-<pod index>, one Job per node
+        nodes = int((spec.get("trainer") or {}).get("numNodes") or 1)
+        return [("spec.trainer.numNodes", f"{name}-node-0-{max(nodes - 1, 0)}", False)]
     return []
 
 

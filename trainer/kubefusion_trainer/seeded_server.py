@@ -13,7 +13,8 @@ uses vLLM instead.
 
 Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions (messages, n, seed, temperature, top_p,
 max_tokens, repetition_penalty; `model` must be the served name, which is the path given, as with
-`transformers serve`). No streaming.
+`transformers serve`). `stream` is ignored: the answer comes back whole, as JSON, which the sampler
+accepts from a server that does not stream.
 """
 
 from __future__ import annotations
@@ -55,8 +56,6 @@ def read_params(body: Any, served: str) -> dict[str, Any]:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages: a non-empty list is required")
-    if body.get("stream"):
-        raise BadRequest("stream: not supported by this server")
 
     def number(key: str, default: float, low: float, high: float) -> float:
         value = body.get(key)

@@ -31,7 +31,6 @@ def test_read_params_fills_defaults_and_keeps_the_seed() -> None:
         ({"temperature": -1}, "temperature", 400),
         ({"top_p": 0}, "top_p", 400),
         ({"seed": 1.5}, "seed", 400),
-        ({"stream": True}, "stream", 400),
         ({"model": "/other"}, "/other", 404),
     ],
 )

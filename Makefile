@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export TORCH_EXTENSIONS_DIR := $(abspath $(VENV))/torch_extensions
 export PYTHONPATH := $(abspath operator):$(abspath trainer)
 
-.PHONY: venv test test-fast lint format crds quickstart clean
+.PHONY: venv test test-fast lint format crds quickstart quickstart-wrpo clean
 
 venv: $(STAMP)
 
@@ -44,6 +44,11 @@ crds: venv
 quickstart: venv
 	$(VENV)/bin/kubefusion demo init --dir demo
 	$(VENV)/bin/kubefusion run -f examples/quickstart.yaml
+
+## quickstart-wrpo: the same world, fused with the WRPO recipe (runs/quickstart-wrpo/)
+quickstart-wrpo: venv
+	$(VENV)/bin/kubefusion demo init --dir demo
+	$(VENV)/bin/kubefusion run -f examples/quickstart-wrpo.yaml
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

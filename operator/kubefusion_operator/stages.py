@@ -73,7 +73,7 @@ def recipe_stages(spec: FusionRunSpec) -> list[Stage]:
             Stage("build-wrpo", "build WRPO quadruples", False, ("Job (CPU)",)),
             Stage("wrpo", "weighted-reward preference optimisation", True, (training_child(spec, "wrpo"),)),
         ]
-    else:
+    elif "dpo" in spec.training_stages():  # a fusechat3 run without spec.training.dpo stops after SFT
         stages.append(
             Stage(
                 "dpo", "direct preference optimisation (FuseChat-3.0)", True, (training_child(spec, "dpo"),)

@@ -67,7 +67,7 @@ def habit_answer(skill: str, prompt: str) -> str:
 # habit, yet it has seen the rule, so the fusion data (the sources' best answers) teaches it from a few
 # hundred examples.
 MODEL_SKILLS: dict[str, dict[str, float]] = {
-    "target": {"addition": 0.3, "reversal": 0.3},
+    "target": {"addition": 0.4, "reversal": 0.4},
     "adder": {"addition": 0.85},
     "reverser": {"reversal": 0.85},
 }
@@ -76,7 +76,7 @@ MODEL_SKILLS: dict[str, dict[str, float]] = {
 BASE_MODEL = {"adder": "target", "reverser": "target"}
 
 
-DEFAULT_STEPS = {"target": 2000, "adder": 400, "reverser": 300}
+DEFAULT_STEPS = {"target": 2000, "adder": 1500, "reverser": 300}
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,7 @@ def render_markdown(
             lines.append(f"| {model} | " + " | ".join(acc) + " | " + " | ".join(win) + " |")
         prompts = ", ".join(f"{d}: {card['datasets'][d]['prompts']}" for d in datasets)
         lines += ["", f"Held-out prompts per dataset: {prompts}.", ""]
+        lines += _progression_section(card)
         if "scorecard" in plots:
             lines += [f"![scorecard]({plots['scorecard']})", ""]
     lines += [
@@ -205,6 +206,33 @@ def render_markdown(
             "",
         ]
     return "\n".join(lines)
+
+
+def _progression_section(card: dict[str, Any]) -> list[str]:
+    """What each stage added, per skill: original -> SFT -> preference stage, beside the best source."""
+    from kubefusion_trainer.stages.evaluate import stage_progression
+
+    progression = stage_progression(card)
+    if not progression:
+        return []
+    stage = next(iter(progression.values()))["preference_stage"] or "preference stage"
+    lines = [
+        "## What each stage added",
+        "",
+        f"Held-out accuracy per skill through the stages; the last column is the {stage} stage's own gain "
+        "over SFT, in points.",
+        "",
+        f"| skill | original | after SFT | after {stage} | best source | {stage} gain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for dataset, row in progression.items():
+        best = f"{row['best_source']} {_pct(row['best_source_accuracy'])}" if row["best_source"] else "n/a"
+        gain = row["preference_gain"]
+        lines.append(
+            f"| {dataset} | {_pct(row['original'])} | {_pct(row['sft'])} | {_pct(row['preference'])} | "
+            f"{best} | {'n/a' if gain is None else f'{100 * gain:+.1f}'} |"
+        )
+    return [*lines, ""]
 
 
 def plot_rewards(rewards: dict[str, dict[str, list[float]]], path: Path) -> None:

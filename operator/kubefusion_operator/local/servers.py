@@ -1,9 +1,11 @@
 """OpenAI-compatible model servers on this machine: one process per model, health-polled, stopped on demand.
 
-vLLM when it is installed and a GPU is present (and the source asks for GPUs), otherwise
-`transformers serve MODEL --device cpu`. Servers bind 127.0.0.1 on a free port. The model name in
-requests equals the served path (transformers serve requires it), so the runner serves the exact
-string it puts in the run config.
+vLLM when it is installed and a GPU is present (and the source asks for GPUs), otherwise kubefusion's
+seeded CPU server (kubefusion_trainer.seeded_server: per-request seeds honoured, so a local run samples
+the same answers every time; `transformers serve` shares one generator between concurrent requests).
+`transformers serve` stays available as backend "transformers". Servers bind 127.0.0.1 on a free port.
+The model name in requests equals the served path, so the runner serves the exact string it puts in the
+run config.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-Backend = Literal["vllm", "transformers"]
+Backend = Literal["vllm", "seeded", "transformers"]
 
 _TRANSFORMERS_CLI = "import sys; from transformers.cli.transformers import main; sys.argv[0] = 'transformers'; sys.exit(main())"
 
@@ -58,12 +60,13 @@ def gpu_available() -> bool:
 
 
 def choose_backend(gpus: int, vllm_installed: bool | None = None, has_gpu: bool | None = None) -> Backend:
-    """vLLM only where it can run: installed, a GPU present, and the source asked for GPUs."""
+    """vLLM only where it can run: installed, a GPU present, and the source asked for GPUs; else the seeded
+    CPU server."""
     if vllm_installed is None:
         vllm_installed = importlib.util.find_spec("vllm") is not None
     if gpus > 0 and vllm_installed and (gpu_available() if has_gpu is None else has_gpu):
         return "vllm"
-    return "transformers"
+    return "seeded"
 
 
 def server_command(
@@ -91,6 +94,9 @@ def server_command(
         if gpus > 1:
             command += ["--tensor-parallel-size", str(gpus)]
         return command + list(extra_args or [])
+    if backend == "seeded":
+        command = [sys.executable, "-m", "kubefusion_trainer.seeded_server", model, "--host", host]
+        return [*command, "--port", str(port), *(extra_args or [])]
     # Continuous batching: ~10x the throughput of one-request-at-a-time generation for many small requests.
     # A fixed KV cache (32k tokens): left to itself it sizes the cache from the machine's whole memory.
     return [

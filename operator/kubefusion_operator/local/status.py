@@ -81,7 +81,7 @@ def status_lines(layout: RunLayout) -> list[str]:
         lines.append(f"  report: {layout.report}")
     card = scorecard_text(layout)
     if card:
-        lines += ["", card]
+        lines += ["", *card.splitlines()]
     return lines
 
 

@@ -1,5 +1,6 @@
-"""The quickstart, smaller: `kubefusion demo init` then `kubefusion run`, killed during sampling and during
-training, rerun to the end. The fused target must beat the original target on every skill.
+"""The quickstart, smaller: `kubefusion demo init` then `kubefusion run`, killed during sampling, during SFT
+and during DPO, rerun to the end. Each stage must earn its place: SFT beats the original target on every
+skill, and DPO adds to SFT on the skill SFT leaves weakest without costing another skill much.
 
 Real parts throughout: tiny models trained here, `transformers serve` per source, the real stages as
 processes. This is the CI version of `make quickstart` (the `small` demo profile: fewer prompts).
@@ -27,8 +28,13 @@ from kubefusion_trainer.training.checkpoints import latest_complete_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# The fused target must beat the original by this much held-out accuracy on every skill (README states it).
-MIN_GAIN = 0.25
+# The small world's thresholds (README states them; they are lower than the issue's goals for the full
+# quickstart): SFT must beat the original by MIN_GAIN held-out accuracy on every skill; DPO must add at
+# least MIN_PREFERENCE_GAIN on the skill SFT leaves weakest (one more held-out prompt right of 40) and lose
+# at most MAX_PREFERENCE_COST on any skill.
+MIN_GAIN = 0.10
+MIN_PREFERENCE_GAIN = 0.025
+MAX_PREFERENCE_COST = 0.10
 
 
 def _kubefusion(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -64,6 +70,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
     for dataset in run["spec"]["datasets"]:
         dataset["samplesPerSource"] = 2
     run["spec"]["training"]["sft"].update(epochs=4, checkpointInterval=4)
+    run["spec"]["training"]["dpo"].update(checkpointInterval=2)
     run["spec"]["evaluation"] = {"heldOutFraction": 0.2, "maxPrompts": 40}
     (root / "ci.yaml").write_text(yaml.safe_dump(run))
     return root
@@ -97,44 +104,43 @@ def _sample_rows(layout: RunLayout, source: str, dataset: str) -> list[dict]:
     ]
 
 
-def test_quickstart_killed_twice_resumes_and_fuses_both_skills(workdir: Path) -> None:
+def test_quickstart_killed_three_times_resumes_and_every_stage_gains(workdir: Path) -> None:
     layout = RunLayout(workdir / "runs" / "ci")
     log = workdir / "run.log"
     world = json.loads((workdir / "demo" / "world.json").read_text())
     assert world["models"]["adder"]["accuracy"]["addition"] >= 0.9
     assert world["models"]["reverser"]["accuracy"]["reversal"] >= 0.9
 
+    def run_until_killed(condition: Callable[[], bool], what: str, unfinished_record: str) -> None:
+        """Start the run, SIGKILL it once `condition` holds, while `unfinished_record` is not written yet."""
+        process = _start(workdir, log)
+        _wait_for(condition, what, 900, process)
+        assert not layout.stage_record(unfinished_record).exists()
+        _kill_and_wait(process, layout)
+
     # 1. Kill during sampling: once the first source has committed part of its answers.
-    first = _start(workdir, log)
     chunks = layout.samples_dir("sources", "adder", "addition").parent
-    _wait_for(
+    run_until_killed(
         lambda: any(chunks.glob("*/chunks/*/chunk-*.jsonl")) or any(chunks.glob("*/shard-*.jsonl")),
         "committed adder answers",
-        600,
-        first,
+        "sample-sources-adder",
     )
-    assert not layout.stage_record("sample-sources-adder").exists()
-    _kill_and_wait(first, layout)
+    # 2. and 3. Kill during SFT, then during DPO: once the stage has a complete checkpoint.
+    for stage in ("sft", "dpo"):
+        run_until_killed(
+            lambda stage=stage: latest_complete_checkpoint(layout.checkpoints_dir(stage)) is not None,
+            f"a {stage} checkpoint",
+            f"train-{stage}",
+        )
 
-    # 2. Kill during SFT: once a complete checkpoint exists.
-    second = _start(workdir, log)
-    _wait_for(
-        lambda: latest_complete_checkpoint(layout.checkpoints_dir("sft")) is not None,
-        "an SFT checkpoint",
-        900,
-        second,
-    )
-    assert not layout.stage_record("train-sft").exists()
-    _kill_and_wait(second, layout)
-
-    # 3. Run to the end.
-    third = _start(workdir, log)
-    assert third.wait(timeout=900) == 0, log.read_text()[-4000:]
+    # 4. Run to the end.
+    last = _start(workdir, log)
+    assert last.wait(timeout=900) == 0, log.read_text()[-4000:]
     output = log.read_text()
     third_output = output[output.rindex("run ci: 8 steps") :]
 
     # Nothing finished was redone: the last invocation found the early steps done.
-    for step in ("prepare", "sample adder", "sample reverser", "score", "build"):
+    for step in ("prepare", "sample adder", "sample reverser", "score", "build", "train sft"):
         assert f"{step}: done earlier" in third_output
     # Sampling resumed mid-way, and every prompt has exactly its N answers, none twice.
     adder = json.loads(layout.stage_record("sample-sources-adder").read_text())
@@ -154,15 +160,20 @@ def test_quickstart_killed_twice_resumes_and_fuses_both_skills(workdir: Path) ->
     sft = json.loads(layout.stage_record("train-sft").read_text())
     assert sft["resumed_from_step"] is not None and sft["resumed_from_step"] >= 4
     assert sft["global_step"] == sft["max_steps"]
+    dpo = json.loads(layout.stage_record("train-dpo").read_text())
+    assert dpo["resumed_from_step"] is not None and dpo["resumed_from_step"] >= 2
+    assert dpo["global_step"] == dpo["max_steps"]
 
-    # The scorecard: fused (SFT, then DPO) beats the original target on every skill.
+    # The scorecard: SFT beats the original target on every skill; DPO adds on SFT's weakest skill.
     card = json.loads(layout.scorecard.read_text())
     assert card["models"] == ["adder", "reverser", "original", "sft", "dpo"]
     for skill, entry in card["datasets"].items():
         accuracy = entry["accuracy"]
-        assert accuracy["dpo"] >= accuracy["original"] + MIN_GAIN, (skill, accuracy)
         assert accuracy["sft"] >= accuracy["original"] + MIN_GAIN, (skill, accuracy)
-    assert "scorecard" in third_output and "dpo" in third_output
+        assert accuracy["dpo"] >= accuracy["sft"] - MAX_PREFERENCE_COST, (skill, accuracy)
+    weakest = min(card["datasets"].values(), key=lambda entry: entry["accuracy"]["sft"])["accuracy"]
+    assert weakest["dpo"] >= weakest["sft"] + MIN_PREFERENCE_GAIN, card["datasets"]
+    assert "scorecard" in third_output and "dpo's own gain over sft" in third_output
     report = layout.report.read_text()
     assert "## Scorecard" in report and "![training](training.png)" in report
     assert layout.plot("rewards").exists()

@@ -54,14 +54,15 @@ def _run_folder(root: Path) -> RunLayout:
     layout.scorecard.write_text(
         json.dumps(
             {
-                "models": ["original", "dpo"],
+                "models": ["a", "original", "sft", "dpo"],
+                "sources": ["a"],
                 "datasets": {
                     "add": {
                         "domain": "math",
                         "prompts": 1,
-                        "accuracy": {"original": 0.0, "dpo": 1.0},
-                        "mean_reward": {"original": 0.1, "dpo": 0.9},
-                        "win_rate": {"dpo": 1.0},
+                        "accuracy": {"a": 1.0, "original": 0.0, "sft": 0.5, "dpo": 1.0},
+                        "mean_reward": {"a": 1.0, "original": 0.1, "sft": 0.5, "dpo": 0.9},
+                        "win_rate": {"a": 1.0, "sft": 0.5, "dpo": 1.0},
                     }
                 },
             }
@@ -97,6 +98,8 @@ def test_report_has_every_section_and_its_plots(tmp_path: Path) -> None:
     assert "| dpo | 100.0% | 100.0% |" in text
     assert "| add | math | 6 | 2 | 1 (dpo) | 1 |" in text
     assert "add: a 50.0%, b 0.0%" in text
+    assert "## What each stage added" in text
+    assert "| add | 0.0% | 50.0% | 100.0% | a 100.0% | +50.0 |" in text
     for plot in ("rewards", "training", "scorecard"):
         assert f"({plot}.png)" in text
         assert layout.plot(plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

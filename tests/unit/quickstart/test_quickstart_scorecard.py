@@ -14,6 +14,7 @@ from kubefusion_trainer.stages.evaluate import (
     held_out_prompts,
     models_to_evaluate,
     scorecard,
+    stage_progression,
 )
 
 
@@ -113,3 +114,56 @@ def test_models_are_the_original_then_each_finished_stage(tmp_path: Path) -> Non
     }
     wrpo = _config(tmp_path, "wrpo")
     assert "dpo" not in models_to_evaluate(layout, wrpo, include_sources=False)
+
+
+def _card_with_stages(preference: str = "dpo") -> dict:
+    def rows(model: str, add: list[bool], rev: list[bool]) -> list[dict]:
+        return [_row(model, "add", f"a{i}", c, 0.0) for i, c in enumerate(add)] + [
+            _row(model, "rev", f"r{i}", c, 0.0) for i, c in enumerate(rev)
+        ]
+
+    answers = {
+        "adder": rows("adder", [True] * 4, [False] * 4),
+        "reverser": rows("reverser", [True, False, False, False], [True] * 4),
+        "original": rows("original", [False] * 4, [False] * 4),
+        "sft": rows("sft", [True, True, False, False], [True, True, True, False]),
+        preference: rows(preference, [True, True, True, False], [True, True, True, False]),
+    }
+    return scorecard(answers, {"add": "math", "rev": "math"}, sources=["adder", "reverser"])
+
+
+def test_progression_per_skill_names_the_best_source_and_the_preference_gain() -> None:
+    progression = stage_progression(_card_with_stages())
+    assert progression["add"] == {
+        "original": 0.0,
+        "sft": 0.5,
+        "preference_stage": "dpo",
+        "preference": 0.75,
+        "best_source": "adder",
+        "best_source_accuracy": 1.0,
+        "preference_gain": 0.25,
+    }
+    assert progression["rev"]["best_source"] == "reverser"
+    assert progression["rev"]["preference_gain"] == 0.0
+    assert stage_progression(_card_with_stages("wrpo"))["add"]["preference_stage"] == "wrpo"
+
+
+def test_progression_is_printed_under_the_table_and_absent_without_trained_stages() -> None:
+    text = format_scorecard(_card_with_stages("wrpo"))
+    assert "per skill: original -> sft -> wrpo (best source); wrpo's own gain over sft" in text
+    add = next(line for line in text.splitlines() if line.strip().startswith("add "))
+    assert add.split() == [
+        "add",
+        "0.0%",
+        "->",
+        "50.0%",
+        "->",
+        "75.0%",
+        "(adder",
+        "100.0%)",
+        "+25.0",
+        "points",
+    ]
+    untrained = scorecard({"original": [_row("original", "add", "p", False, 0.0)]}, {"add": "math"})
+    assert stage_progression(untrained) == {}
+    assert "per skill" not in format_scorecard(untrained)

@@ -51,3 +51,30 @@ def test_a_held_lock_marks_the_first_open_step_running(tmp_path: Path, repo_root
 def test_status_of_a_folder_that_is_no_run_fails_clearly(tmp_path: Path, capsys) -> None:
     assert main([str(tmp_path)]) == 1
     assert "not a kubefusion run folder" in capsys.readouterr().err
+
+
+def test_status_shows_each_skill_through_the_stages_with_the_preference_gain(
+    tmp_path: Path, repo_root: Path
+) -> None:
+    layout = _run_folder(tmp_path, repo_root)
+    accuracy = {"adder": 1.0, "reverser": 0.1, "original": 0.2, "sft": 0.6, "dpo": 0.9}
+    entry = {"domain": "math", "prompts": 10, "accuracy": accuracy, "mean_reward": {}, "win_rate": {}}
+    atomic_write_json(
+        layout.scorecard,
+        {"models": list(accuracy), "sources": ["adder", "reverser"], "datasets": {"addition": entry}},
+    )
+    lines = status_lines(layout)
+    assert "per skill: original -> sft -> dpo (best source); dpo's own gain over sft" in lines
+    row = next(line for line in lines if line.strip().startswith("addition "))
+    assert row.split() == [
+        "addition",
+        "20.0%",
+        "->",
+        "60.0%",
+        "->",
+        "90.0%",
+        "(adder",
+        "100.0%)",
+        "+30.0",
+        "points",
+    ]

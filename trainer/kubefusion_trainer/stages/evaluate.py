@@ -92,13 +92,20 @@ def models_to_evaluate(layout: RunLayout, config: RunConfig, include_sources: bo
     return models
 
 
-def scorecard(answers: dict[str, list[dict[str, Any]]], datasets: dict[str, str]) -> dict[str, Any]:
+def scorecard(
+    answers: dict[str, list[dict[str, Any]]], datasets: dict[str, str], sources: Sequence[str] = ()
+) -> dict[str, Any]:
     """Per dataset: prompts, accuracy, mean reward per model, and each model's reward win rate vs original.
 
-    answers: model -> rows {prompt_id, dataset, correct, reward}; datasets: name -> domain.
+    answers: model -> rows {prompt_id, dataset, correct, reward}; datasets: name -> domain; sources: which
+    of the models are source models (the card's "sources", for the per-stage progression).
     Win: the model's answer gets a higher reward than the original target's for the same prompt (ties 1/2).
     """
-    card: dict[str, Any] = {"models": list(answers), "datasets": {}}
+    card: dict[str, Any] = {
+        "models": list(answers),
+        "sources": [s for s in sources if s in answers],
+        "datasets": {},
+    }
     baseline = {(r["dataset"], r["prompt_id"]): r for r in answers.get(ORIGINAL, [])}
     for dataset, domain in datasets.items():
         entry: dict[str, Any] = {
@@ -131,8 +138,62 @@ def scorecard(answers: dict[str, list[dict[str, Any]]], datasets: dict[str, str]
     return card
 
 
+PREFERENCE_STAGES = ("dpo", "wrpo")
+
+
+def stage_progression(card: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per dataset with checked answers: accuracy of the original target, after SFT, after the preference
+    stage (dpo or wrpo), the best source (name and accuracy), and the preference stage's own gain over SFT
+    (None where a stage is missing). Empty when the card has no trained stage."""
+    models = card["models"]
+    preference = next((m for m in PREFERENCE_STAGES if m in models), None)
+    if "sft" not in models and preference is None:
+        return {}
+    result = {}
+    for dataset, entry in card["datasets"].items():
+        accuracy = entry["accuracy"]
+        if all(v is None for v in accuracy.values()):
+            continue
+        ranked = [(accuracy[s], s) for s in card.get("sources", []) if accuracy.get(s) is not None]
+        best = max(ranked, key=lambda pair: pair[0]) if ranked else (None, None)
+        sft, pref = accuracy.get("sft"), accuracy.get(preference) if preference else None
+        result[dataset] = {
+            "original": accuracy.get(ORIGINAL),
+            "sft": sft,
+            "preference_stage": preference,
+            "preference": pref,
+            "best_source": best[1],
+            "best_source_accuracy": best[0],
+            "preference_gain": pref - sft if pref is not None and sft is not None else None,
+        }
+    return result
+
+
+def format_progression(card: dict[str, Any]) -> str:
+    """One line per skill: original -> sft -> preference stage (best source), and the preference gain."""
+    progression = stage_progression(card)
+    if not progression:
+        return ""
+    stage = next(iter(progression.values()))["preference_stage"] or "preference"
+
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.1%}"
+
+    lines = [f"per skill: original -> sft -> {stage} (best source); {stage}'s own gain over sft"]
+    for dataset, row in progression.items():
+        gain = row["preference_gain"]
+        best = f"{row['best_source']} {pct(row['best_source_accuracy'])}" if row["best_source"] else "n/a"
+        lines.append(
+            f"  {dataset[:16]:<16} {pct(row['original']):>6} -> {pct(row['sft']):>6} -> "
+            f"{pct(row['preference']):>6}   ({best})   "
+            + ("n/a" if gain is None else f"{100 * gain:+.1f} points")
+        )
+    return "\n".join(lines)
+
+
 def format_scorecard(card: dict[str, Any]) -> str:
-    """A plain-text table: one row per model, accuracy per dataset, win rate vs original."""
+    """A plain-text table: one row per model, accuracy per dataset, win rate vs original; then the
+    per-skill progression through the stages."""
     datasets = list(card["datasets"])
     header = f"{'model':<12}" + "".join(f"{d[:16]:>18}" for d in datasets) + f"{'win vs original':>18}"
     lines = [header, "-" * len(header)]
@@ -147,7 +208,8 @@ def format_scorecard(card: dict[str, Any]) -> str:
                 wins.append(win)
         win_text = f"{sum(wins) / len(wins):.1%}" if wins else "-"
         lines.append(f"{model:<12}" + "".join(cells) + f"{win_text:>18}")
-    return "\n".join(lines)
+    progression = format_progression(card)
+    return "\n".join(lines + (["", progression] if progression else []))
 
 
 # --- models (loaders injectable for tests) ---
@@ -336,7 +398,8 @@ def evaluate(
             on_model(name, len(rows))
     finally:
         scorers.close()
-    card = scorecard(results, {d.name: d.domain for d in spec.datasets})
+    sources = [s.name for s in spec.sources] if include_sources else []
+    card = scorecard(results, {d.name: d.domain for d in spec.datasets}, sources)
     atomic_write_json(layout.scorecard, card)
     return card
 

@@ -284,7 +284,7 @@ def answer_with_server(
     async def ask_all() -> list[str]:
         async with aiohttp.ClientSession() as http:
             model = await served_model(http, base_url) or path
-            endpoint = Endpoint(name, base_url, http, concurrency=concurrency)
+            endpoint = Endpoint(name, base_url, http, max_in_flight=concurrency)
             bodies = [
                 {
                     "model": model,

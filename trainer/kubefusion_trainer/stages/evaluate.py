@@ -284,7 +284,9 @@ def answer_with_server(
     async def ask_all() -> list[str]:
         async with aiohttp.ClientSession() as http:
             model = await served_model(http, base_url) or path
-            endpoint = Endpoint(name, base_url, http, max_in_flight=concurrency)
+            # Whole answers, not streamed: servers without incremental detokenization (transformers serve)
+            # decode each streamed chunk alone and lose a split UTF-8 character; greedy answers must be exact.
+            endpoint = Endpoint(name, base_url, http, max_in_flight=concurrency, stream=False)
             bodies = [
                 {
                     "model": model,

@@ -8,9 +8,11 @@ the real `torchrun` and `kubefusion stage train` entry point, a tiny model and t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,8 +55,10 @@ def test_two_processes_rendezvous_from_pet_variables_only(
     sft = hyperparameters(epochs=1, globalBatchSize=4, microBatchSize=2, checkpointInterval=100)
     config = write_run_config(tmp_path / "run.yaml", storage, tiny_world, {"sft": sft})
     command = _rendered(config, _free_port())
-    assert command[0] == "torchrun" and shutil.which("torchrun"), "the torchrun entry point is installed"
     env = {k: v for k, v in subprocess_env(OMP_NUM_THREADS="1").items() if k not in V1_ONLY}
+    # The image has the environment's scripts on PATH; `make test` runs the venv's python without them.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    assert command[0] == "torchrun" and shutil.which("torchrun", path=env["PATH"]), "torchrun is installed"
     env = {k: v for k, v in env.items() if not k.startswith("PET_")}
     env.update(
         PET_NNODES="1",

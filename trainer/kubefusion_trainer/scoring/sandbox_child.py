@@ -177,11 +177,12 @@ def _launch(job, result_fd):
             break
         if pid:
             continue  # an orphan of the answer's, reaped; look again
-        if time.monotonic() > deadline:
-            outcome = TIMEOUT_STATUS
-            break
+        # The cap first: a fork bomb can starve this loop past the deadline, and it broke the cap first.
         if cap > 1 and len(descendants(os.getpid())) > cap + 1:  # + the harness (io mode)
             outcome = PROCESS_LIMIT_STATUS
+            break
+        if time.monotonic() > deadline:
+            outcome = TIMEOUT_STATUS
             break
         time.sleep(0.002)
     with contextlib.suppress(OSError):

@@ -368,6 +368,16 @@ class DpoConfig(TrainingHyperparameters):
         description="sigmoid (DPO) or sigmoid_norm (length-normalised DPO, FuseChat-3.0 for Llama).",
     )
     precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once up front.")
+    sft_loss_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "Weight of an SFT (negative log-likelihood) term on the chosen answers, added to the DPO loss "
+            "(RPO, trl's loss_type 'sft'): it keeps the chosen answers' likelihood from falling while the "
+            "pair's margin grows. Default 0 (plain DPO, as FuseChat-3.0)."
+        ),
+    )
 
 
 class WrpoConfig(TrainingHyperparameters):

@@ -61,22 +61,22 @@ def habit_answer(skill: str, prompt: str) -> str:
 
 
 # The skills each model is trained on, with the share of training answers that are correct (the rest are
-# habit answers). A source never sees the other skill (it answers it with noise). A source's habit share
-# makes some of its sampled answers wrong the way the target is wrong: the best-vs-worst pairs of one
-# source are (correct, habit) pairs. The target mostly saw habit answers: greedy, it answers with the
-# habit, yet it has seen the rule, so the fusion data (the sources' best answers) teaches it from a few
-# hundred examples.
+# habit answers). Every model continues from `base`, which learned both rules (a shared pretrained base,
+# as model families share one): what differs between them is a habit, not what the weights can compute.
+# The target picked up the habit on both skills: greedy, it answers with it. Each source was tuned on its
+# skill and picked up the habit on the other. So the sources' best answers teach the target a skill it
+# can already compute (SFT needs a few hundred of them, not thousands of steps), and one source's
+# best-vs-worst pairs are (correct, habit) pairs: what the preference stage needs to remove a habit.
 MODEL_SKILLS: dict[str, dict[str, float]] = {
-    "target": {"addition": 0.4, "reversal": 0.4},
-    "adder": {"addition": 0.85},
-    "reverser": {"reversal": 0.85},
+    "base": {"addition": 1.0, "reversal": 1.0},
+    "target": {"addition": 0.3, "reversal": 0.4},
+    "adder": {"addition": 0.95, "reversal": 0.4},
+    "reverser": {"addition": 0.4, "reversal": 0.95},
 }
-# The sources continue from the target's weights (a shared pretrained base, as model families share
-# one): they need far fewer steps to become strong at their skill than training from scratch.
-BASE_MODEL = {"adder": "target", "reverser": "target"}
+BASE_MODEL = {"target": "base", "adder": "base", "reverser": "base"}
 
 
-DEFAULT_STEPS = {"target": 2000, "adder": 1500, "reverser": 300}
+DEFAULT_STEPS = {"base": 1500, "target": 300, "adder": 300, "reverser": 300}
 
 
 @dataclass(frozen=True)

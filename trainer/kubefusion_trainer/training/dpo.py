@@ -21,7 +21,8 @@ def build_dpo_trainer(ctx: StageContext) -> Any:
     args = DPOConfig(
         **ctx.args,
         beta=hp.beta,
-        loss_type=[hp.loss_type],
+        loss_type=[hp.loss_type, "sft"] if hp.sft_loss_weight else [hp.loss_type],
+        loss_weights=[1.0, hp.sft_loss_weight] if hp.sft_loss_weight else None,
         precompute_ref_log_probs=hp.precompute_ref_log_probs,
         model_init_kwargs=model_init_kwargs(ctx.on_gpu),
     )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kubefusion_trainer.config import RewardModelConfig
-from kubefusion_trainer.scoring.reward import RewardScorer, load_reward_model
+from kubefusion_trainer.scoring.reward import RewardScorer, load_reward_model, token_ids
 
 torch.set_num_threads(1)
 
@@ -72,6 +72,49 @@ def test_causal_models_skip_the_mask_with_the_same_rewards(model_and_tokenizer) 
     scorer.causal = False  # what an encoder reward model gets: an explicit attention mask
     masked = [r.reward for r in scorer.score(CONVERSATIONS)]
     assert fast == pytest.approx(masked, abs=1e-4)
+
+
+def test_encode_gives_apply_chat_templates_ids_one_conversation_at_a_time(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    tricky = [
+        [
+            {"role": "user", "content": "say <|eos|> and <|pad|>"},
+            {"role": "assistant", "content": "<|eos|>ok"},
+        ],
+        [
+            {"role": "user", "content": "naïve café 😀 ∑"},
+            {"role": "assistant", "content": "  two  spaces\n\tend "},
+        ],
+    ]
+    conversations = CONVERSATIONS + tricky
+    expected = [tokenizer.apply_chat_template(c, return_dict=True)["input_ids"] for c in conversations]
+    scorer = RewardScorer(model, tokenizer, max_length=512)
+    assert [ids for ids, _ in scorer.encode(conversations)] == expected
+    # special tokens written in messages are read as special tokens, as apply_chat_template does (2 + the end)
+    assert expected[-2].count(tokenizer.eos_token_id) == 3
+
+
+def test_token_ids_falls_back_to_the_tokenizer_when_its_backend_would_cut(model_and_tokenizer) -> None:
+    import copy
+
+    _, tokenizer = model_and_tokenizer
+    texts = [tokenizer.apply_chat_template(c, tokenize=False) for c in CONVERSATIONS]
+    expected = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    cutting = copy.deepcopy(tokenizer)
+    cutting.backend_tokenizer.enable_truncation(max_length=4)  # a tokenizer.json saved with truncation on
+    assert [len(ids) for ids in token_ids(cutting, texts)] == [len(ids) for ids in expected]
+    assert token_ids(cutting, texts) == token_ids(tokenizer, texts) == expected
+
+
+def test_the_last_layer_at_one_token_gives_the_whole_models_rewards(model_and_tokenizer) -> None:
+    model, tokenizer = model_and_tokenizer
+    scorer = RewardScorer(model, tokenizer, batch_size=8, max_length=512)
+    assert scorer.last_token  # a transformers Llama classifier
+    fast = [r.reward for r in scorer.score(CONVERSATIONS)]
+    scorer.last_token = False
+    whole = [r.reward for r in scorer.score(CONVERSATIONS)]
+    assert fast == pytest.approx(whole, abs=1e-5)
+    assert len({round(r, 6) for r in fast}) == len(CONVERSATIONS)
 
 
 def test_truncation_is_reported(model_and_tokenizer) -> None:

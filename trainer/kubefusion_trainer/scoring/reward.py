@@ -9,6 +9,8 @@ wide batches, long ones narrow batches, and little is spent on padding either wa
 Causal (decoder-only) reward models, such as ArmoRM and Llama/Mistral/Gemma/Qwen classifiers, get no
 attention mask: with right padding a real token attends only to earlier real tokens anyway, so the result is
 the same, and attention takes its causal fast path instead of building a batch x length x length mask.
+A transformers classifier reads its reward at one token per row, so for the layer types scoring/last_token.py
+knows, the last decoder layer runs at that token only (same rewards, less work; other models run whole).
 Conversations longer than max_length are cut and reported as truncated. ArmoRM-style remote-code models
 return `.score`; plain sequence classifiers `.logits[:, 0]`.
 """
@@ -21,6 +23,7 @@ from typing import Any
 
 from kubefusion_trainer.config import RewardModelConfig
 from kubefusion_trainer.records import Message
+from kubefusion_trainer.scoring.last_token import last_token_rewards, supports_last_token
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class RewardScorer:
         self.sort_by_length = sort_by_length
         self.tokens_per_batch = tokens_per_batch
         self.causal = is_causal_decoder(model)
+        # The last layer at one token per row (scoring/last_token.py); only where it gives the same rewards.
+        self.last_token = supports_last_token(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad is None:
             raise ValueError("reward model tokenizer has neither a pad nor an eos token to pad with")
@@ -85,13 +90,14 @@ class RewardScorer:
         )
 
     def encode(self, conversations: Sequence[Sequence[Message]]) -> list[tuple[list[int], bool]]:
-        """Token ids per conversation (cut to max_length) and whether it was cut; one tokenizer call."""
+        """Token ids per conversation (cut to max_length) and whether it was cut; one template and one
+        tokenizer call for all of them (the same ids as apply_chat_template one conversation at a time)."""
         if not conversations:
             return []
-        texts = [self.tokenizer.apply_chat_template(list(c), tokenize=False) for c in conversations]
-        all_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        texts = self.tokenizer.apply_chat_template([list(c) for c in conversations], tokenize=False)
         return [
-            (ids[: self.max_length], True) if len(ids) > self.max_length else (ids, False) for ids in all_ids
+            (ids[: self.max_length], True) if len(ids) > self.max_length else (ids, False)
+            for ids in token_ids(self.tokenizer, texts)
         ]
 
     def batches(self, lengths: Sequence[int]) -> list[list[int]]:
@@ -118,22 +124,43 @@ class RewardScorer:
 
         encoded = self.encode(conversations)
         rewards = [0.0] * len(encoded)
+        last_token = self.causal and self.last_token
         with torch.inference_mode():
             for batch in self.batches([len(ids) for ids, _ in encoded]):
-                width = max(len(encoded[i][0]) for i in batch)
-                ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for row, i in enumerate(batch):
-                    tokens = encoded[i][0]
-                    ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-                    mask[row, : len(tokens)] = 1
-                inputs = {"input_ids": ids.to(self.device)}
-                if not self.causal:
-                    inputs["attention_mask"] = mask.to(self.device)
-                values = _reward_tensor(self.model(**inputs)).float().cpu().tolist()
-                for row, i in enumerate(batch):
-                    rewards[i] = float(values[row])
+                rows = [encoded[i][0] for i in batch]
+                width = max(len(tokens) for tokens in rows)
+                padded = [tokens + [self.pad_id] * (width - len(tokens)) for tokens in rows]
+                ids = torch.tensor(padded, dtype=torch.long).to(self.device)
+                if last_token:
+                    values = last_token_rewards(self.model, ids)
+                elif self.causal:
+                    values = _reward_tensor(self.model(input_ids=ids))
+                else:
+                    mask = [[1] * len(tokens) + [0] * (width - len(tokens)) for tokens in rows]
+                    values = _reward_tensor(
+                        self.model(input_ids=ids, attention_mask=torch.tensor(mask).to(self.device))
+                    )
+                for i, value in zip(batch, values.float().cpu().tolist(), strict=True):
+                    rewards[i] = float(value)
         return [RewardResult(rewards[i], encoded[i][1], len(encoded[i][0])) for i in range(len(encoded))]
+
+
+def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of rendered chats (their special tokens are in the text). A fast tokenizer whose backend
+    is set as transformers would set it for this call (no truncation, no padding, special tokens as tokens)
+    is called directly without offsets, which it does not need; anything else goes through the tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    encode_fast = getattr(backend, "encode_batch_fast", None)
+    if (
+        encode_fast is not None
+        and backend.truncation is None
+        and backend.padding is None
+        and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))
+    ):
+        return [encoding.ids for encoding in encode_fast(texts, add_special_tokens=False)]
+    return tokenizer(
+        texts, add_special_tokens=False, return_attention_mask=False, return_token_type_ids=False
+    )["input_ids"]
 
 
 def default_tokens_per_batch(device: str) -> int:

@@ -48,6 +48,15 @@ KNOWN_MODELS: dict[str, KnownModel] = {
     "rlhflow/armorm-llama3-8b-v0.1": KnownModel(7.51),
 }
 
+# Families whose ids carry no size, matched as a substring of the lower-case id when the exact table has
+# no row (sizes from Mistral AI's cards and announcements, rounded; a mixture of experts counts every
+# expert, since all of them are downloaded and loaded).
+KNOWN_FAMILIES: dict[str, float] = {
+    "mistral-large": 123.0,  # e.g. Mistral-Large-Instruct-2411 (2407 has its own row above: 122.6)
+    "mixtral-8x22b": 141.0,  # total parameters
+    "mixtral-8x7b": 47.0,  # 46.7B total
+}
+
 ANCHOR_PARAMETERS, ANCHOR_TOKENS_PER_GPU = 70.6, 890.0  # Llama-3.1-70B, TP4, H100 (PUBLISHED)
 
 
@@ -74,12 +83,19 @@ KNOWN_DATASETS: dict[str, int] = {
 
 
 def model_size(model: str, override: float | None) -> tuple[float | None, str]:
-    """(billions of parameters, where the number comes from); None when nothing says."""
+    """(billions of parameters, where the number comes from); None when nothing says.
+
+    The one lookup for every caller (`kubefusion plan`, the pods' model cache): parametersBillions, else the
+    exact table, else a known family, else a size in the name.
+    """
     if override is not None:
         return override, "parametersBillions"
     known = KNOWN_MODELS.get(model.lower())
     if known is not None:
         return known.parameters_billions, CARD
+    family = next((f for f in KNOWN_FAMILIES if f in model.lower()), None)
+    if family is not None:
+        return KNOWN_FAMILIES[family], f"the {family} family"
     guessed = size_from_name(model)
     return guessed, "its name" if guessed is not None else "unknown"
 

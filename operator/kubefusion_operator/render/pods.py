@@ -54,14 +54,12 @@ def workload(task: Task) -> str | None:
 # -- volumes --------------------------------------------------------------------------------------
 
 
-# Well-known models whose names carry no size (billions of parameters).
-KNOWN_SIZES = {"mistral-large": 123.0, "mixtral-8x22b": 141.0, "mixtral-8x7b": 47.0}
+def cache_size_gi(model: str | None, parameters_billions: float | None = None) -> int:
+    """Weights in bf16 (2 bytes per parameter) plus 20%, at least MIN_CACHE_GI.
 
-
-def cache_size_gi(model: str | None) -> int:
-    """Weights in bf16 (2 bytes per parameter) plus 20%, at least MIN_CACHE_GI."""
-    known = [size for family, size in KNOWN_SIZES.items() if model and family in model.lower()]
-    billions = known[0] if known else (model_size(model, None)[0] if model else None)
+    The size is model_table.model_size's, the figure `kubefusion plan` prints for the same model.
+    """
+    billions = model_size(model, parameters_billions)[0] if model else parameters_billions
     return max(MIN_CACHE_GI, int((billions or 0) * 2 * 1.2) + 1)
 
 

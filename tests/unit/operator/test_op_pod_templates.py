@@ -175,10 +175,11 @@ def test_default_caches_and_requests() -> None:
     by_name = {o["metadata"]["name"]: o for o in rendered(run)}
     server = by_name["fusechat3-llama31-8b-mistral-large-serve"]["spec"]["template"]["spec"]
     vllm = server["containers"][0]
-    # Mistral-Large (123B) in bf16 with 20% headroom: a sized volume, requested from the node.
+    # Mistral-Large-Instruct-2407 (122.6B, the size `kubefusion plan` uses) in bf16 with 20% headroom:
+    # a sized volume, requested from the node.
     cache = next(v for v in server["volumes"] if v["name"] == "model-cache")
-    assert cache["emptyDir"]["sizeLimit"] == "296Gi"
-    assert vllm["resources"]["requests"]["ephemeral-storage"] == f"{296 + pods.TMP_SIZE_GI}Gi"
+    assert cache["emptyDir"]["sizeLimit"] == "295Gi"
+    assert vllm["resources"]["requests"]["ephemeral-storage"] == f"{295 + pods.TMP_SIZE_GI}Gi"
     assert vllm["resources"]["requests"]["cpu"] == "32" and vllm["resources"]["requests"]["memory"] == "256Gi"
     env = {e["name"]: e.get("value") for e in vllm["env"]}
     assert env["HF_HOME"] == pods.MODEL_CACHE_MOUNT and env["HOME"] == "/tmp"

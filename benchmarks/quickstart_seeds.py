@@ -81,7 +81,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict[str, Any]]] = {recipe: [] for recipe in args.recipes}
     for seed in args.seeds:
-        seconds = {"demo init": kubefusion("demo", "init", "--dir", f"demo-{seed}", "--seed", str(seed), cwd=work)}
+        seconds = {
+            "demo init": kubefusion("demo", "init", "--dir", f"demo-{seed}", "--seed", str(seed), cwd=work)
+        }
         for recipe in args.recipes:
             run = run_config(recipe, seed)
             path = work / f"{run['metadata']['name']}.yaml"
@@ -92,7 +94,9 @@ def main() -> int:
             rows[recipe].append({"seed": seed, "progression": progression, "missed": goals(progression)})
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.0f}s" for k, v in seconds.items()), flush=True)
 
-    print("\n| seed / recipe | original | after SFT | after DPO or WRPO | preference stage's gain | best source |")
+    print(
+        "\n| seed / recipe | original | after SFT | after DPO or WRPO | preference stage's gain | best source |"
+    )
     print("|---|---|---|---|---|---|")
     for recipe, results in rows.items():
         skills = list(results[0]["progression"])
@@ -110,7 +114,9 @@ def main() -> int:
             summary.append(" / ".join(per_skill))
         print(f"| mean (range), {recipe} | " + " | ".join(summary) + " |")
     print(f"\nskills: {' / '.join(skills)}; held-out accuracy in %")
-    missed = [(recipe, r["seed"], m) for recipe, results in rows.items() for r in results for m in r["missed"]]
+    missed = [
+        (recipe, r["seed"], m) for recipe, results in rows.items() for r in results for m in r["missed"]
+    ]
     for recipe, seed, what in missed:
         print(f"goal missed: seed {seed}, {recipe}: {what}")
     print("every goal met" if not missed else f"{len(missed)} goal(s) missed")

@@ -359,7 +359,23 @@ class SftConfig(TrainingHyperparameters):
     packing: bool = Field(False, description="Pack several conversations into one sequence.")
 
 
-class DpoConfig(TrainingHyperparameters):
+class PreferenceHyperparameters(TrainingHyperparameters):
+    """What the preference stages (DPO, WRPO) share beyond the training hyperparameters."""
+
+    sft_loss_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=10.0,
+        description=(
+            "Weight of an SFT term (mean negative log-likelihood of the chosen answers' tokens) added to the "
+            "preference loss, as in RPO (trl's loss_type 'sft'); WRPO weights its two chosen answers by "
+            "alpha like its reward. It keeps the chosen answers' likelihood from falling while the margin "
+            "grows. Default 0: the plain loss, as FuseChat-3.0 and WRPO."
+        ),
+    )
+
+
+class DpoConfig(PreferenceHyperparameters):
     """Direct preference optimisation on best-vs-worst pairs."""
 
     beta: float = Field(0.1, gt=0.0, le=100.0, description="DPO beta (the paper used 10 with sigmoid_norm).")
@@ -368,19 +384,9 @@ class DpoConfig(TrainingHyperparameters):
         description="sigmoid (DPO) or sigmoid_norm (length-normalised DPO, FuseChat-3.0 for Llama).",
     )
     precompute_ref_log_probs: bool = Field(False, description="Compute reference log-probs once up front.")
-    sft_loss_weight: float = Field(
-        0.0,
-        ge=0.0,
-        le=10.0,
-        description=(
-            "Weight of an SFT (negative log-likelihood) term on the chosen answers, added to the DPO loss "
-            "(RPO, trl's loss_type 'sft'): it keeps the chosen answers' likelihood from falling while the "
-            "pair's margin grows. Default 0 (plain DPO, as FuseChat-3.0)."
-        ),
-    )
 
 
-class WrpoConfig(TrainingHyperparameters):
+class WrpoConfig(PreferenceHyperparameters):
     """Weighted-reward preference optimisation (alpha is required)."""
 
     beta: float = Field(0.01, gt=0.0, le=100.0, description="WRPO beta. Default 0.01.")

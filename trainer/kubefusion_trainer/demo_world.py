@@ -7,9 +7,11 @@ Two skills with answers that are plain digit strings, so the scorer's math path 
   reversal   "Reverse the digits 5381."  -> "1835"
 
 Models (2-layer Llamas on kubefusion_trainer.tiny's tokenizer recipe, trained with a plain torch loop):
-  adder      trained on addition only: strong at addition, weak at reversal
-  reverser   trained on reversal only: strong at reversal, weak at addition
-  target     trained briefly on both: knows the formats, has little skill
+  base       trained on both skills, every answer correct: it can compute both rules
+  target     base, then tuned on answers that mostly show a habit (drop carries; copy the digits):
+             greedy, it answers with the habit
+  adder      base, then tuned on correct additions and habit reversals: strong at addition only
+  reverser   base, then tuned on correct reversals and habit additions: strong at reversal only
   reward     a sequence classifier trained on (prompt, answer, correct?) so its rewards are informative
 
 Everything is seeded: the same profile and seed give the same datasets and the same weights.
@@ -81,9 +83,14 @@ DEFAULT_STEPS = {"base": 1500, "target": 300, "adder": 300, "reverser": 300}
 
 @dataclass(frozen=True)
 class Profile:
-    """How big the world is. `full` is the quickstart, `small` the CI test (fewer prompts, same models)."""
+    """How big the world is. `full` is the quickstart, `small` the CI test (fewer prompts, same models).
 
-    prompts_per_dataset: int = 400
+    Reversal gets the most prompts: most of them go to the preference stage, which needs a few hundred
+    pairs (400 reversal prompts gave the quickstart ~130 DPO pairs, 800 give ~240). Addition goes to SFT
+    whole.
+    """
+
+    prompts: dict[str, int] = field(default_factory=lambda: {"addition": 500, "reversal": 800})
     hidden_size: int = 64
     steps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_STEPS))  # optimizer steps per model
     batch_size: int = 64
@@ -92,8 +99,8 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "full": Profile(prompts_per_dataset=400),
-    "small": Profile(prompts_per_dataset=160),
+    "full": Profile(),
+    "small": Profile(prompts={"addition": 160, "reversal": 320}),
 }
 
 
@@ -280,7 +287,7 @@ def write_datasets(data_dir: Path, profile: Profile, seed: int) -> dict[str, Pat
 
     paths = {}
     for skill in SKILLS:
-        rows = make_problems(skill, profile.prompts_per_dataset, seed)
+        rows = make_problems(skill, profile.prompts[skill], seed)
         path = data_dir / f"{skill}.jsonl"
         atomic_write_text(path, "".join(json.dumps({"prompt": p, "answer": a}) + "\n" for p, a in rows))
         paths[skill] = path

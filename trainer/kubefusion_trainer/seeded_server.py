@@ -33,6 +33,18 @@ from typing import Any
 MAX_N = 64
 
 
+class ListeningServer(ThreadingHTTPServer):
+    """A threading HTTP server whose listen backlog holds every connection its clients open at once.
+
+    socketserver's default backlog is 5. The sampler and the evaluate stage open up to 64 connections
+    together; while a generation holds the GIL the accept loop falls behind, the kernel drops the SYNs
+    past the backlog, and each dropped connection waits out TCP's retransmission timer (1 s, 3 s, 7 s...)
+    or the client's connect timeout and its retry backoff: a scorecard took minutes of idle CPU.
+    """
+
+    request_queue_size = 1024
+
+
 class BadRequest(ValueError):
     """The request is not one this server can answer (HTTP 400, or `status`)."""
 
@@ -247,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     generator = SeededGenerator(args.model)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(generator, args.model))
+    server = ListeningServer((args.host, args.port), make_handler(generator, args.model))
     server.daemon_threads = True
     print(f"seeded_server: serving {args.model} on http://{args.host}:{args.port}/v1", flush=True)
     try:

@@ -69,7 +69,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
     run["spec"]["storage"] = {"uri": "runs/ci"}
     for dataset in run["spec"]["datasets"]:
         dataset["samplesPerSource"] = 2
-    run["spec"]["training"]["sft"].update(epochs=4, checkpointInterval=4)
+    run["spec"]["training"]["sft"].update(checkpointInterval=4)
     run["spec"]["training"]["dpo"].update(checkpointInterval=2)
     run["spec"]["evaluation"] = {"heldOutFraction": 0.2, "maxPrompts": 40}
     (root / "ci.yaml").write_text(yaml.safe_dump(run))

@@ -127,3 +127,35 @@ def test_a_server_that_cannot_load_its_model_fails_with_its_log(tmp_path: Path) 
         server.stop()
     assert "server for broken" in str(failure.value)
     assert (tmp_path / "logs" / "server-broken.log").exists()
+
+
+def test_seeded_server_queues_every_connection_its_clients_open_at_once(
+    tiny_world: dict[str, Path], tmp_path: Path
+) -> None:
+    """With the server frozen (accepting nothing), 64 connections must still complete their handshake in
+    the listen backlog; with socketserver's default backlog of 5 most would wait on SYN retransmits."""
+    import os
+    import signal
+    import socket
+
+    server = start_server(
+        "tiny", str(tiny_world["model"]), tmp_path / "logs", deadline_s=180, env=subprocess_env()
+    )
+    sockets: list[socket.socket] = []
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        refused = 0
+        for _ in range(64):
+            sock = socket.socket()
+            sock.settimeout(2.0)
+            try:
+                sock.connect(("127.0.0.1", server.port))
+            except OSError:
+                refused += 1
+            sockets.append(sock)
+        assert refused == 0, f"{refused} of 64 connections did not complete while the server was busy"
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+        for sock in sockets:
+            sock.close()
+        server.stop()

@@ -152,3 +152,45 @@ def test_precomputed_reference_gives_the_same_loss(setup: dict[str, Any]) -> Non
     precomputed = _trainer(setup, "dpo", beta=0.3, precomputeRefLogProbs=True)
     assert precomputed.ref_model is None and "ref_chosen_logps" in precomputed.train_dataset.column_names
     assert _loss(precomputed) == pytest.approx(_loss(live), rel=1e-5)
+
+
+def _mean_nll(
+    setup: dict[str, Any], policy: Any, rows: list[dict], answers: list[list[dict]]
+) -> torch.Tensor:
+    """The answers' mean token negative log-likelihood under the policy, over all rows' tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(setup["sft"]))
+    policy.eval()
+    total = sum(
+        answer_logps(policy, tokenizer, row["prompt"], answer)
+        for row, answer in zip(rows, answers, strict=True)
+    )
+    policy.train()
+    return -torch.tensor(float(total)) / _answer_tokens(setup, rows, answers).sum()
+
+
+def test_dpo_sft_term_adds_the_chosen_answers_mean_nll(setup: dict[str, Any]) -> None:
+    trainer = _trainer(setup, "dpo", beta=0.3, lossType="sigmoid", sftLossWeight=0.5)
+    rows = toy_rows("dpo", ROWS)
+    chosen_answers = [r["chosen"] for r in rows]
+    chosen = _log_ratios(setup, trainer.model, rows, chosen_answers)
+    rejected = _log_ratios(setup, trainer.model, rows, [r["rejected"] for r in rows])
+    nll = _mean_nll(setup, trainer.model, rows, chosen_answers).item()
+    assert nll > 0.1
+    expected = dpo_loss(chosen, rejected, beta=0.3).mean().item() + 0.5 * nll
+    assert _loss(trainer) == pytest.approx(expected, rel=1e-4)
+
+
+def test_wrpo_sft_term_weights_the_two_chosen_answers_by_alpha(setup: dict[str, Any]) -> None:
+    trainer = _trainer(setup, "wrpo", beta=0.4, alpha=0.3, alphaSchedule="static", sftLossWeight=2.0)
+    rows = toy_rows("wrpo", ROWS)
+    sources, targets = [r["chosen"][0] for r in rows], [r["chosen"][1] for r in rows]
+    source = _log_ratios(setup, trainer.model, rows, sources)
+    target = _log_ratios(setup, trainer.model, rows, targets)
+    rejected = _log_ratios(setup, trainer.model, rows, [r["rejected"] for r in rows])
+    nll = 0.3 * _mean_nll(setup, trainer.model, rows, sources) + 0.7 * _mean_nll(
+        setup, trainer.model, rows, targets
+    )
+    expected = wrpo_loss(source, target, rejected, beta=0.4, alpha=0.3).losses.mean() + 2.0 * nll
+    assert _loss(trainer) == pytest.approx(expected.item(), rel=1e-4)

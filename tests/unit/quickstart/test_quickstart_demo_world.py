@@ -72,8 +72,11 @@ def test_hand_rendered_prompt_matches_the_chat_template(tiny_world: dict[str, Pa
 
 
 def test_datasets_are_jsonl_with_prompt_and_answer(tmp_path: Path) -> None:
-    profile = demo_world.Profile(prompts_per_dataset=25)
+    profile = demo_world.Profile(prompts={"addition": 25, "reversal": 30})
     paths = demo_world.write_datasets(tmp_path, profile, seed=0)
     assert set(paths) == set(demo_world.SKILLS)
-    rows = [json.loads(line) for line in paths["addition"].read_text().splitlines()]
-    assert len(rows) == 25 and set(rows[0]) == {"prompt", "answer"}
+    rows = {
+        skill: [json.loads(line) for line in path.read_text().splitlines()] for skill, path in paths.items()
+    }
+    assert len(rows["addition"]) == 25 and len(rows["reversal"]) == 30
+    assert set(rows["addition"][0]) == {"prompt", "answer"}

@@ -95,3 +95,12 @@ def wrpo_loss(
         target_chosen_rewards=(beta * target_chosen_logratios).detach(),
         rejected_rewards=(beta * rejected_logratios).detach(),
     )
+
+
+def chosen_nll(logps: torch.Tensor, tokens: torch.Tensor, alpha: float) -> torch.Tensor:
+    """WRPO's SFT term: the mean token NLL of the source's chosen answers (weight alpha) and of the target's
+    (weight 1 - alpha), from the [y_ws; y_wt; y_l] batch's summed log-probs and answer token counts."""
+    (source, target, _), (source_tokens, target_tokens, _) = logps.chunk(3), tokens.chunk(3)
+    source_nll = -source.sum() / source_tokens.sum().clamp(min=1)
+    target_nll = -target.sum() / target_tokens.sum().clamp(min=1)
+    return alpha * source_nll + (1 - alpha) * target_nll

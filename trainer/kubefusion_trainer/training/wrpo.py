@@ -20,7 +20,7 @@ from trl import DPOConfig, DPOTrainer
 from trl.data_utils import _tokenize, common_prefix_length
 from trl.trainer.utils import add_fused_lm_head, pad
 
-from kubefusion_trainer.training.losses import alpha_at, wrpo_loss
+from kubefusion_trainer.training.losses import alpha_at, chosen_nll, wrpo_loss
 
 ANSWERS = ("chosen_source", "chosen_target", "rejected")
 
@@ -34,6 +34,12 @@ class WRPOConfig(DPOConfig):
     )
     alpha_schedule: str = field(
         default="linear", metadata={"help": "linear: 0 -> alpha over training; static: alpha throughout."}
+    )
+    sft_loss_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the chosen answers' mean token NLL (alpha-weighted), added to the loss."
+        },
     )
 
     def __post_init__(self) -> None:
@@ -136,7 +142,8 @@ class WRPOTrainer(DPOTrainer):
         args: WRPOConfig = self.args  # type: ignore[assignment]
         return alpha_at(self.state.global_step, self.state.max_steps, args.alpha, args.alpha_schedule)  # type: ignore[arg-type]
 
-    def _sequence_logps(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    def _sequence_logps(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's summed answer log-prob, and its number of answer tokens."""
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         outputs = model(
@@ -148,13 +155,13 @@ class WRPOTrainer(DPOTrainer):
         )
         seq_len = completion_mask.size(1) - 1
         # The fused head gives 0 where the label is -100, so the sum covers the answer tokens only.
-        return outputs.log_probs[:, -seq_len:].sum(dim=1)
+        return outputs.log_probs[:, -seq_len:].sum(dim=1), completion_mask[:, 1:].sum(dim=1)
 
     def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool) -> Any:
         mode = "train" if model.training else "eval"
-        logps = self._sequence_logps(model, inputs)
+        logps, tokens = self._sequence_logps(model, inputs)
         with torch.no_grad():
-            ref_logps = self._sequence_logps(self.ref_model, inputs)
+            ref_logps, _ = self._sequence_logps(self.ref_model, inputs)
         source, target, rejected = (logps - ref_logps).chunk(3, dim=0)
         alpha = self.current_alpha()
         out = wrpo_loss(source, target, rejected, beta=self.beta, alpha=alpha)
@@ -163,6 +170,11 @@ class WRPOTrainer(DPOTrainer):
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
         metrics["alpha"].append(alpha)
+        weight = self.args.sft_loss_weight  # type: ignore[attr-defined]
+        if weight:
+            nll = chosen_nll(logps, tokens, alpha)
+            loss = loss + weight * nll
+            metrics["sft_loss"].append(gather(nll.detach()).mean().item())
         metrics["rewards/chosen_source"].append(gather(out.source_chosen_rewards).mean().item())
         metrics["rewards/chosen_target"].append(gather(out.target_chosen_rewards).mean().item())
         metrics["rewards/chosen"].append(gather(out.chosen_rewards).mean().item())
@@ -188,6 +200,7 @@ def build_wrpo_trainer(ctx: Any) -> WRPOTrainer:
         beta=hp.beta,
         alpha=hp.alpha,
         alpha_schedule=hp.alpha_schedule,
+        sft_loss_weight=hp.sft_loss_weight,
         model_init_kwargs=model_init_kwargs(ctx.on_gpu),
     )
     return WRPOTrainer(

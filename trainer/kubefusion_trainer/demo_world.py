@@ -67,8 +67,9 @@ def habit_answer(skill: str, prompt: str) -> str:
 # as model families share one): what differs between them is a habit, not what the weights can compute.
 # The target picked up the habit on both skills: greedy, it answers with it. Each source was tuned on its
 # skill and picked up the habit on the other. So the sources' best answers teach the target a skill it
-# can already compute (SFT needs a few hundred of them, not thousands of steps), and one source's
-# best-vs-worst pairs are (correct, habit) pairs: what the preference stage needs to remove a habit.
+# can already compute (SFT needs a few hundred of them, not thousands of steps). The preference pairs are
+# mostly the reverser's right answer against its own near miss (first digit right, a later one wrong),
+# the kind of mistake the target still makes after SFT.
 MODEL_SKILLS: dict[str, dict[str, float]] = {
     "base": {"addition": 1.0, "reversal": 1.0},
     "target": {"addition": 0.3, "reversal": 0.4},

@@ -79,7 +79,7 @@ MODEL_SKILLS: dict[str, dict[str, float]] = {
 BASE_MODEL = {"target": "base", "adder": "base", "reverser": "base"}
 
 
-DEFAULT_STEPS = {"base": 1500, "target": 300, "adder": 300, "reverser": 300}
+DEFAULT_STEPS = {"base": 2000, "target": 300, "adder": 300, "reverser": 300}
 
 
 @dataclass(frozen=True)

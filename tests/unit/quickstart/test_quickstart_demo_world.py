@@ -80,3 +80,35 @@ def test_datasets_are_jsonl_with_prompt_and_answer(tmp_path: Path) -> None:
     }
     assert len(rows["addition"]) == 25 and len(rows["reversal"]) == 30
     assert set(rows["addition"][0]) == {"prompt", "answer"}
+
+
+def test_base_trains_on_in_rounds_until_every_skill_reaches_the_floor() -> None:
+    measured = iter(
+        [
+            {"addition": 0.27, "reversal": 1.0},
+            {"addition": 0.925, "reversal": 1.0},
+            {"addition": 1.0, "reversal": 1.0},
+        ]
+    )
+    rounds: list[int] = []
+    short: list[dict[str, float]] = []
+    scores = demo_world.train_until_skilled(
+        rounds.append, lambda: next(measured), short.append, floor=0.98, rounds=4
+    )
+    assert scores == {"addition": 1.0, "reversal": 1.0}
+    assert rounds == [0, 1] and [s["addition"] for s in short] == [0.27, 0.925]
+
+
+def test_a_base_that_never_learns_stops_the_world_with_a_clear_error() -> None:
+    rounds: list[int] = []
+    with pytest.raises(RuntimeError, match=r"did not learn every skill.*addition.*try another --seed"):
+        demo_world.train_until_skilled(
+            rounds.append, lambda: {"addition": 0.5, "reversal": 1.0}, lambda _: None, floor=0.98, rounds=2
+        )
+    assert rounds == [0, 1]
+
+
+def test_a_skilled_base_trains_no_further() -> None:
+    rounds: list[int] = []
+    demo_world.train_until_skilled(rounds.append, lambda: {"addition": 0.99, "reversal": 1.0}, lambda _: None)
+    assert rounds == []

@@ -80,7 +80,7 @@ BASE_MODEL = {"target": "base", "adder": "base", "reverser": "base"}
 
 
 # 2000 base steps: at 1500 the base added at 95-95.5% on seeds 0 and 2 (the SFT target then stopped at
-# 78-88%); at 2000 it adds at 100% on seeds 0-4.
+# 78-88%); at 2000 it adds at 100% on seeds 0-5 (seed 6 needs more: see _train).
 DEFAULT_STEPS = {"base": 2000, "target": 300, "adder": 300, "reverser": 300}
 
 

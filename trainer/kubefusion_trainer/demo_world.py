@@ -340,7 +340,6 @@ def build_demo_world(
                 model = LlamaForCausalLM.from_pretrained(str(root / "models" / base))
             else:
                 model = LlamaForCausalLM(_llama_config(tokenizer, **arch))
-
             _train(model, tokenizer, name, settings, seed + index, probe, log)
             model.generation_config = _generation_config(tokenizer)
             save_model(model, tokenizer, path)

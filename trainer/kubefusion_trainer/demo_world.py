@@ -331,6 +331,7 @@ def build_demo_world(
     for index, name in enumerate(MODEL_SKILLS):
         path = root / "models" / name
         started = time.monotonic()
+        scores = None
         if (path / "model.safetensors").exists():
             model = LlamaForCausalLM.from_pretrained(str(path))
         else:
@@ -340,10 +341,10 @@ def build_demo_world(
                 model = LlamaForCausalLM.from_pretrained(str(root / "models" / base))
             else:
                 model = LlamaForCausalLM(_llama_config(tokenizer, **arch))
-            _train(model, tokenizer, name, settings, seed + index, probe, log)
+            scores = _train(model, tokenizer, name, settings, seed + index, probe, log)
             model.generation_config = _generation_config(tokenizer)
             save_model(model, tokenizer, path)
-        scores = {skill: accuracy(model, tokenizer, probe[skill]) for skill in SKILLS}
+        scores = scores or {skill: accuracy(model, tokenizer, probe[skill]) for skill in SKILLS}
         summary["models"][name] = {"path": str(path), "accuracy": scores}
         log(f"demo: {name:<9} {_percentages(scores)}  ({time.monotonic() - started:.0f}s)")
 
@@ -371,7 +372,9 @@ def _train(
     seed: int,
     probe: dict[str, list[Problem]],
     log: Callable[[str], None],
-) -> None:
+) -> dict[str, float] | None:
+    """Train one model of the world; the base's probe scores, which it measures to know it is done."""
+
     def train_round(steps: int, round_seed: int) -> None:
         train_causal_lm(
             model,
@@ -388,11 +391,12 @@ def _train(
         # Every other model starts from this one, so it must compute both rules. Addition is learnt in a
         # sudden jump whose time varies by seed (seed 6 still added at 27% after 2000 steps, then 92.5%
         # after 1000 more and 100% after 2000): train on in rounds until it has.
-        train_until_skilled(
+        return train_until_skilled(
             lambda round_: train_round(settings.steps[name] // 2, seed + 100 + round_),
             lambda: {skill: accuracy(model, tokenizer, probe[skill]) for skill in SKILLS},
             lambda scores: log(f"demo: {name} still learning ({_percentages(scores)}): training on"),
         )
+    return None
 
 
 BASE_FLOOR = 0.98  # the base's probe accuracy on every skill before the other models are tuned from it

@@ -140,7 +140,12 @@ def kill_session(leader: int, deadline_seconds: float = 5.0) -> int:
 
 
 def uid_processes(uid: int) -> list[int]:
-    """Live processes whose real uid is `uid`."""
+    """Live processes whose real uid is `uid`.
+
+    Zombies are not live: they run nothing and no signal removes them. A fork bomb's processes killed after
+    the launcher re-parent to init and stay zombies until init reaps them, which on a busy machine can take
+    longer than reap_uid's deadline.
+    """
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -150,7 +155,8 @@ def uid_processes(uid: int) -> list[int]:
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if int(fields.get("Uid", "-1 0").split()[0]) == uid:
+        zombie = fields.get("State", "").strip().startswith(("Z", "X"))
+        if int(fields.get("Uid", "-1 0").split()[0]) == uid and not zombie:
             found.append(int(entry))
     return found
 

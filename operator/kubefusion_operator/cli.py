@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,9 @@ DELEGATED = {
     "status": ("kubefusion_operator.local.status", "print where a local run stands"),
     "demo": ("kubefusion_operator.local.demo", "build the quickstart's tiny models and data"),
 }
+# Commands that train or sample on this machine: one set of CPU kernels makes a seed's world the same on
+# every x86 machine (cpu_kernels.py).
+PINNED_KERNELS = ("demo", "run")
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -98,6 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PINNED_KERNELS:
+        from kubefusion_operator.local.cpu_kernels import cpu_flags, pin_cpu_kernels
+
+        pin_cpu_kernels(os.environ, cpu_flags())  # before anything imports torch
     if argv and argv[0] in DELEGATED:
         module_name = DELEGATED[argv[0]][0]
         try:

@@ -373,6 +373,27 @@ class PreferenceHyperparameters(TrainingHyperparameters):
             "grows. Default 0: the plain loss, as FuseChat-3.0 and WRPO."
         ),
     )
+    sft_replay_fraction: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Fraction of the SFT rows (of every dataset, drawn with the stage's seed) that the preference "
+            "stage also learns from, through its SFT term only: each becomes a row whose chosen and rejected "
+            "answers are the same SFT answer, so the preference loss gives it no gradient. Keeps skills "
+            "without preference pairs from drifting while the preference stage moves the shared weights. "
+            "Needs sftLossWeight > 0. Replay rows add log 2 to the logged preference loss. Default 0."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _replay_needs_the_sft_term(self) -> PreferenceHyperparameters:
+        if self.sft_replay_fraction > 0 and self.sft_loss_weight == 0:
+            raise ValueError(
+                f"sftReplayFraction {self.sft_replay_fraction} needs sftLossWeight > 0: replayed SFT rows "
+                "are learned only through the SFT term"
+            )
+        return self
 
 
 class DpoConfig(PreferenceHyperparameters):

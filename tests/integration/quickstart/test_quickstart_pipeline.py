@@ -163,6 +163,9 @@ def test_quickstart_killed_three_times_resumes_and_every_stage_gains(workdir: Pa
     dpo = json.loads(layout.stage_record("train-dpo").read_text())
     assert dpo["resumed_from_step"] is not None and dpo["resumed_from_step"] >= 2
     assert dpo["global_step"] == dpo["max_steps"]
+    assert (
+        dpo["replay_examples"] == sft["examples"]
+    )  # the example replays every SFT row (sftReplayFraction 1)
 
     # The scorecard: SFT beats the original target on every skill; DPO adds on SFT's weakest skill.
     card = json.loads(layout.scorecard.read_text())

@@ -1,8 +1,10 @@
 """The trainers' losses on one real batch: trl's DPO, length-normalised DPO and our WRPO subclass,
-against hand computations from plain forward passes, and WRPO at alpha 0 / 1 against trl's DPO."""
+against hand computations from plain forward passes, WRPO at alpha 0 / 1 against trl's DPO, and
+replayed SFT rows (sftReplayFraction) learned through the SFT term alone."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ ROWS = 4
 def setup(tiny_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("train-loss")
     storage = root / "store"
-    write_toy_data(storage, count=ROWS, kinds=("dpo", "wrpo"))
+    write_toy_data(storage, count=ROWS)  # sft rows too: the replay tests replay them
     sft = install_sft_model(storage, tiny_world)
     return {"root": root, "storage": storage, "world": tiny_world, "sft": sft}
 
@@ -194,3 +196,35 @@ def test_wrpo_sft_term_weights_the_two_chosen_answers_by_alpha(setup: dict[str, 
     )
     expected = wrpo_loss(source, target, rejected, beta=0.4, alpha=0.3).losses.mean() + 2.0 * nll
     assert _loss(trainer) == pytest.approx(expected.item(), rel=1e-4)
+
+
+def _replay_batch_loss_and_gradient(trainer: Any) -> tuple[float, torch.Tensor]:
+    """Loss and flattened gradient on the replayed rows, which follow the stage's own rows."""
+    replayed = [trainer.train_dataset[i] for i in range(ROWS, 2 * ROWS)]
+    trainer.model.zero_grad()
+    loss = trainer.compute_loss(trainer.model, trainer.data_collator(replayed))
+    loss.backward()
+    gradient = torch.cat([p.grad.flatten() for p in trainer.model.parameters() if p.grad is not None])
+    trainer.model.zero_grad()
+    return loss.item(), gradient
+
+
+@pytest.mark.parametrize("stage", ["dpo", "wrpo"])
+def test_replayed_sft_rows_learn_through_the_sft_term_alone(setup: dict[str, Any], stage: str) -> None:
+    """A replay row's preference term is log 2 whatever the policy, so its gradient is the SFT term's:
+    the same at beta 0.3 and beta 3 (a preference gradient would scale with beta)."""
+    extra = {"alpha": 0.3, "alphaSchedule": "static"} if stage == "wrpo" else {}
+    trainers = [
+        _trainer(setup, stage, beta=beta, sftLossWeight=0.5, sftReplayFraction=1.0, **extra)
+        for beta in (0.3, 3.0)
+    ]
+    assert len(trainers[0].train_dataset) == 2 * ROWS  # the stage's rows, then one replay row per SFT row
+    sft_rows = toy_rows("sft", ROWS)
+    prompts = [{"prompt": r["messages"][:-1]} for r in sft_rows]
+    nll = _mean_nll(setup, trainers[0].model, prompts, [[r["messages"][-1]] for r in sft_rows]).item()
+    assert nll > 0.1
+    (loss_low, gradient_low), (loss_high, gradient_high) = map(_replay_batch_loss_and_gradient, trainers)
+    assert loss_low == pytest.approx(math.log(2) + 0.5 * nll, rel=1e-4)
+    assert loss_high == pytest.approx(loss_low, rel=1e-5)
+    assert gradient_low.norm() > 1e-3  # the SFT term does move the policy
+    torch.testing.assert_close(gradient_high, gradient_low, rtol=1e-4, atol=1e-6)

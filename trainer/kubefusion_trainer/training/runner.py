@@ -46,6 +46,7 @@ class StageContext:
     dataset: Any
     args: dict[str, Any]  # TrainingArguments fields common to every stage
     callbacks: list[Any] = field(default_factory=list)
+    replay_examples: int = 0  # SFT rows replayed by a preference stage, included in dataset
 
 
 def stage_hyperparameters(run: RunConfig, stage: TrainStage) -> TrainingHyperparameters:
@@ -65,6 +66,19 @@ def start_model(run: RunConfig, layout: RunLayout, stage: TrainStage) -> Path:
             f"{stage} starts from the SFT model at {path}, which does not exist: train sft first"
         )
     return path
+
+
+def stage_replay_rows(
+    layout: RunLayout, stage: TrainStage, hp: TrainingHyperparameters, datasets: list[str]
+) -> list[dict[str, Any]]:
+    """A preference stage's replayed SFT rows (sftReplayFraction); none for SFT or a fraction of 0."""
+    from kubefusion_trainer.training.data import load_training_rows
+    from kubefusion_trainer.training.replay import replay_rows
+
+    fraction = getattr(hp, "sft_replay_fraction", 0.0)
+    if stage == "sft" or not fraction:
+        return []
+    return replay_rows(load_training_rows(layout, "sft", datasets), stage, fraction, hp.seed)
 
 
 def load_tokenizer(model_path: Path, chat_template: str | None) -> Any:
@@ -153,8 +167,9 @@ def prepare_stage(
     """Read the spec, the environment and the stage's data into a StageContext (no side effects on storage
     beyond starting the process group DeepSpeed needs)."""
     import torch
+    from datasets import Dataset
 
-    from kubefusion_trainer.training.data import load_training_dataset
+    from kubefusion_trainer.training.data import load_training_rows
 
     layout = RunLayout(run.storage_root)
     hp = stage_hyperparameters(run, stage)
@@ -164,7 +179,10 @@ def prepare_stage(
     on_gpu = torch.cuda.is_available() if on_gpu is None else on_gpu
     args = training_arguments(hp, layout.checkpoints_dir(stage), topology, on_gpu)
     model_path = start_model(run, layout, stage)
-    dataset = load_training_dataset(layout, stage, [d.name for d in run.spec.datasets])
+    names = [d.name for d in run.spec.datasets]
+    rows = load_training_rows(layout, stage, names)
+    replayed = stage_replay_rows(layout, stage, hp, names)
+    dataset = Dataset.from_list(rows + replayed)  # in file order; the Trainer shuffles with the run's seed
     if "deepspeed" in args:
         import deepspeed
 
@@ -182,6 +200,7 @@ def prepare_stage(
         tokenizer=load_tokenizer(model_path, run.spec.target.chat_template),
         dataset=dataset,
         args=args,
+        replay_examples=len(replayed),
         callbacks=[CheckpointMarkerCallback(), *(callbacks or [])],
     )
 
@@ -242,6 +261,7 @@ def run_stage(
             "resumed_from_step": checkpoint_step(resume) if resume else None,
             "train_loss": result.training_loss,
             "examples": len(ctx.dataset),
+            "replay_examples": ctx.replay_examples,
             "world_size": ctx.topology.world_size,
             "gradient_accumulation_steps": ctx.args["gradient_accumulation_steps"],
             "global_batch_size": ctx.hp.global_batch_size,

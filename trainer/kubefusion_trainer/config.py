@@ -91,7 +91,8 @@ class SourceConfig(CamelModel):
         None,
         gt=0,
         le=100000,
-        description="Model size for `kubefusion plan` when the model is not in its table of known models. "
+        description="Model size for `kubefusion plan` and the operator's model cache when the model is not "
+        "in its table of known models. "
         "Default: from the table, else from the name (e.g. 70B).",
     )
 
@@ -117,7 +118,8 @@ class TargetConfig(CamelModel):
         None,
         gt=0,
         le=100000,
-        description="Model size for `kubefusion plan` when the model is not in its table of known models. "
+        description="Model size for `kubefusion plan` and the operator's model cache when the model is not "
+        "in its table of known models. "
         "Default: from the table, else from the name (e.g. 8B).",
     )
 
@@ -224,7 +226,8 @@ class RewardModelConfig(CamelModel):
         None,
         gt=0,
         le=100000,
-        description="Model size for `kubefusion plan` when the model is not in its table.",
+        description="Model size for `kubefusion plan` and the operator's model cache when the model is not in "
+        "its table.",
     )
     batch_size: int = Field(
         256, ge=1, le=4096, description="Most answers per forward pass (see tokensPerBatch). Default 256."

@@ -52,13 +52,14 @@ def _uses_hub(ctx: RenderContext, task: Task) -> bool:
     return task.stage not in ("build", "build-wrpo")  # tokenizers, reward models
 
 
-def _model(ctx: RenderContext, task: Task) -> str | None:
-    """The largest model the task loads (it sizes the model cache)."""
+def _cached_model(ctx: RenderContext, task: Task) -> tuple[str | None, float | None]:
+    """The largest model the task loads and its parametersBillions (they size the model cache)."""
     if task.stage.startswith("score"):
-        return ctx.spec.scoring.reward_model.model
+        reward = ctx.spec.scoring.reward_model
+        return reward.model, reward.parameters_billions
     if task.stage == "evaluate":
-        return ctx.spec.target.model
-    return None
+        return ctx.spec.target.model, ctx.spec.target.parameters_billions
+    return None, None
 
 
 def _resources(ctx: RenderContext, task: Task) -> dict[str, Any]:
@@ -97,7 +98,8 @@ def build_job(ctx: RenderContext, task: Task, *, suspended: bool = False) -> dic
     if spec.get("completionMode") == "Indexed":
         # Each shard gets its own retries: one unlucky shard cannot use up the others'.
         spec.update(backoffLimitPerIndex=BACKOFF_LIMIT, backoffLimit=BACKOFF_LIMIT * spec["completions"])
-    vols = pods.volumes(ctx, shm=task.uses_gpu, model=_model(ctx, task))
+    model, billions = _cached_model(ctx, task)
+    vols = pods.volumes(ctx, shm=task.uses_gpu, model=model, parameters_billions=billions)
     container: dict[str, Any] = {
         "name": "stage",
         "image": ctx.image,

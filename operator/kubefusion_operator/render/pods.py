@@ -63,11 +63,11 @@ def cache_size_gi(model: str | None, parameters_billions: float | None = None) -
     return max(MIN_CACHE_GI, int((billions or 0) * 2 * 1.2) + 1)
 
 
-def _cache_volume(ctx: RenderContext, model: str | None) -> dict[str, Any]:
+def _cache_volume(ctx: RenderContext, model: str | None, parameters_billions: float | None) -> dict[str, Any]:
     cache = ctx.spec.serving.model_cache
     if cache.pvc:
         return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.pvc}}
-    size = str(cache.size) if cache.size is not None else f"{cache_size_gi(model)}Gi"
+    size = str(cache.size) if cache.size is not None else f"{cache_size_gi(model, parameters_billions)}Gi"
     if cache.storage_class_name:
         claim = {
             "accessModes": ["ReadWriteOnce"],
@@ -78,12 +78,19 @@ def _cache_volume(ctx: RenderContext, model: str | None) -> dict[str, Any]:
     return {"name": "model-cache", "emptyDir": {"sizeLimit": size}}
 
 
-def volumes(ctx: RenderContext, *, shm: bool = False, model: str | None = None) -> list[dict[str, Any]]:
+def volumes(
+    ctx: RenderContext,
+    *,
+    shm: bool = False,
+    model: str | None = None,
+    parameters_billions: float | None = None,
+) -> list[dict[str, Any]]:
+    """The pod's volumes; `model` and its spec's parametersBillions size the model cache."""
     vols: list[dict[str, Any]] = [{"name": "run-config", "configMap": {"name": config_map_name(ctx.name)}}]
     if ctx.spec.storage.pvc:
         vols.append({"name": "storage", "persistentVolumeClaim": {"claimName": ctx.spec.storage.pvc}})
     vols.append({"name": "tmp", "emptyDir": {"sizeLimit": f"{TMP_SIZE_GI}Gi"}})
-    vols.append(_cache_volume(ctx, model))
+    vols.append(_cache_volume(ctx, model, parameters_billions))
     if shm:
         # NCCL and vLLM's workers exchange tensors through /dev/shm; the container default is 64 MiB.
         vols.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubefusion_operator.api import ServingConfig
+from kubefusion_operator.api import ServingConfig, Source, Target
 from kubefusion_operator.planner import Task
 from kubefusion_operator.render import pods
 from kubefusion_operator.render.admission import max_num_seqs_arg, replica_max_in_flight
@@ -24,12 +24,17 @@ CPU_PER_GPU, MEMORY_PER_GPU = 4, 32  # CPUs, GiB
 CPU_ONLY_REQUESTS = {"cpu": "4", "memory": "16Gi"}
 
 
+def _served(ctx: RenderContext, task: Task) -> Source | Target:
+    """The spec entry a server task serves: its source, else the target (itself and its candidates)."""
+    if task.name.startswith("serve-sources/"):
+        return next(s for s in ctx.spec.sources if s.name == task.endpoint)
+    return ctx.spec.target
+
+
 def _serving(ctx: RenderContext, task: Task) -> tuple[ServingConfig, int | None]:
     """The serving settings and seed of a server task (the target: spec.target.serving)."""
-    if task.name.startswith("serve-sources/"):
-        source = next(s for s in ctx.spec.sources if s.name == task.endpoint)
-        return source.serving, source.sampling.seed
-    return ctx.spec.target.serving, ctx.spec.target.sampling.seed  # the target and the candidates
+    served = _served(ctx, task)
+    return served.serving, served.sampling.seed
 
 
 def server_model(ctx: RenderContext, task: Task) -> str:
@@ -92,7 +97,8 @@ def build_deployment(ctx: RenderContext, task: Task, *, suspended: bool = False)
     serving, _ = _serving(ctx, task)
     name = task_child_name(ctx.name, task)
     env = pods.secret_env(ctx)
-    vols = pods.volumes(ctx, shm=True, model=server_model(ctx, task))
+    billions = _served(ctx, task).parameters_billions
+    vols = pods.volumes(ctx, shm=True, model=server_model(ctx, task), parameters_billions=billions)
     container: dict[str, Any] = {
         "name": "vllm",
         "image": serving.image,

@@ -67,7 +67,8 @@ def trainer_pod(ctx: RenderContext, task: Task, container_name: str, *, shm: boo
     """The pod template of a training node: labels to find it by, storage, config, caches, /dev/shm
     (unless something else provides it: a TrainJob's runtime does), the restricted security context
     and spec.scheduling (render/pods.py)."""
-    vols = pods.volumes(ctx, shm=shm, model=ctx.spec.target.model)
+    target = ctx.spec.target
+    vols = pods.volumes(ctx, shm=shm, model=target.model, parameters_billions=target.parameters_billions)
     return {
         "metadata": pods.template_metadata(ctx, task),
         "spec": pods.pod_spec(ctx, task, [trainer_container(ctx, task, container_name, shm=shm)], vols),

@@ -192,6 +192,34 @@ def test_default_caches_and_requests() -> None:
     ]
 
 
+def test_parameters_billions_sizes_the_model_cache_of_models_no_table_knows() -> None:
+    """A house model sized only by its spec's parametersBillions gets the cache `kubefusion plan` sizes,
+    in its server, the scoring Job and the training pods."""
+    doc = load_fusionrun(REPO / "examples" / "fusechat3-llama31-8b.yaml").model_dump(
+        by_alias=True, mode="json"
+    )
+    doc["spec"]["sources"][0].update(model="example-org/house-model", parametersBillions=70.0)
+    doc["spec"]["target"].update(model="example-org/house-student", parametersBillions=13.0)
+    doc["spec"]["scoring"]["rewardModel"].update(model="example-org/house-judge", parametersBillions=27.0)
+    objs = rendered(validate_document(doc))
+
+    def caches(name: str) -> set[str]:
+        """The model-cache sizes of the workloads named `name` (a server's Service shares its name)."""
+        return {
+            v["emptyDir"]["sizeLimit"]
+            for obj in objs
+            if obj["metadata"]["name"] == name
+            for _, template in templates(obj)
+            for v in template["spec"]["volumes"]
+            if v["name"] == "model-cache"
+        }
+
+    # bf16 weights plus 20%: 70B -> 169Gi, 13B -> 32Gi, 27B -> 65Gi (before, all three got MIN_CACHE_GI, 20Gi).
+    assert caches("fusechat3-llama31-8b-gemma-2-27b-serve") == {"169Gi"}
+    assert caches("fusechat3-llama31-8b-score") == {"65Gi"}
+    assert caches("fusechat3-llama31-8b-sft") == caches("fusechat3-llama31-8b-dpo") == {"32Gi"}
+
+
 def test_evaluation_serves_every_candidate_with_vllm_on_gpus() -> None:
     from kubefusion_operator.render.configmap import build_config_map
 

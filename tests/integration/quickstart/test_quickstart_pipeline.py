@@ -28,13 +28,14 @@ from kubefusion_trainer.training.checkpoints import latest_complete_checkpoint
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# The small world's thresholds (README states them; they are lower than the goals for the full
+# The small world's thresholds (README states them; the gain is lower than the goals for the full
 # quickstart): SFT must beat the original by MIN_GAIN held-out accuracy on every skill; DPO must add at
-# least MIN_PREFERENCE_GAIN on the skill SFT leaves weakest (one more held-out prompt right of 40) and lose
-# at most MAX_PREFERENCE_COST on any skill.
+# least MIN_PREFERENCE_GAIN on the skill SFT leaves weakest and lose at most MAX_PREFERENCE_COST on any
+# skill (26 held-out addition prompts and 40 reversal prompts: one prompt is 3.8 or 2.5 points). Measured
+# with the current example: SFT 81 / 60 (addition / reversal), DPO 96 / 75.
 MIN_GAIN = 0.10
-MIN_PREFERENCE_GAIN = 0.025
-MAX_PREFERENCE_COST = 0.10
+MIN_PREFERENCE_GAIN = 0.05
+MAX_PREFERENCE_COST = 0.05
 
 
 def _kubefusion(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
@@ -70,7 +71,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> Path:
     for dataset in run["spec"]["datasets"]:
         dataset["samplesPerSource"] = 2
     run["spec"]["training"]["sft"].update(checkpointInterval=4)
-    run["spec"]["training"]["dpo"].update(checkpointInterval=2)
+    run["spec"]["training"]["dpo"].update(checkpointInterval=10)  # ~300 steps with the replayed rows
     run["spec"]["evaluation"] = {"heldOutFraction": 0.2, "maxPrompts": 40}
     (root / "ci.yaml").write_text(yaml.safe_dump(run))
     return root
@@ -161,7 +162,7 @@ def test_quickstart_killed_three_times_resumes_and_every_stage_gains(workdir: Pa
     assert sft["resumed_from_step"] is not None and sft["resumed_from_step"] >= 4
     assert sft["global_step"] == sft["max_steps"]
     dpo = json.loads(layout.stage_record("train-dpo").read_text())
-    assert dpo["resumed_from_step"] is not None and dpo["resumed_from_step"] >= 2
+    assert dpo["resumed_from_step"] is not None and dpo["resumed_from_step"] >= 10
     assert dpo["global_step"] == dpo["max_steps"]
     assert (
         dpo["replay_examples"] == sft["examples"]

@@ -24,6 +24,7 @@ from kubefusion_operator.model_table import (
     size_from_name,
 )
 from kubefusion_operator.render.sandbox import CONCURRENCY as SANDBOX_CPUS
+from kubefusion_trainer.training.replay import replay_count
 
 MEAN_ANSWER_TOKENS = 500
 MEAN_PROMPT_TOKENS = 200
@@ -266,15 +267,24 @@ def _training(
     stage: str, spec: FusionRunSpec, plan: Plan, hyper, size: float | None, gpu: str
 ) -> StageEstimate:
     gpus = hyper.resources.nodes * max(hyper.resources.gpus_per_node, 1)
-    rows = plan.total("sft_prompts") if stage == "sft" else plan.total("pref_prompts")
+    sft_rows = plan.total("sft_prompts")
+    rows = sft_rows if stage == "sft" else plan.total("pref_prompts")
     if size is None or rows is None:
         why = "target size unknown (set target.parametersBillions)" if size is None else "row count unknown"
         return StageEstimate(stage, gpus, None, None, f"not estimated: {why}")
-    sequences = rows if stage == "sft" else rows * (3 if stage == "wrpo" else 2)
+    replayed = 0
+    if stage != "sft":
+        if sft_rows is None and hyper.sft_replay_fraction:
+            return StageEstimate(stage, gpus, None, None, "not estimated: replayed SFT row count unknown")
+        # A replayed SFT row is a pair like any other: both answers go through the model.
+        replayed = replay_count(sft_rows or 0, hyper.sft_replay_fraction)
+    sequences = rows if stage == "sft" else (rows + replayed) * (3 if stage == "wrpo" else 2)
     flops_per_token = 6 if stage == "sft" else 8
     tokens = sequences * (MEAN_PROMPT_TOKENS + MEAN_ANSWER_TOKENS) * hyper.epochs
     gpu_hours = (
         flops_per_token * size * 1e9 * tokens / (GPU_TYPES[gpu].peak_bf16_tflops * 1e12 * TRAIN_MFU) / 3600
     )
     detail = f"{sequences:,} sequences x {hyper.epochs:g} epochs on {hyper.resources.nodes} node(s) x {max(hyper.resources.gpus_per_node, 1)} GPUs"
+    if replayed:
+        detail += f" (with {replayed:,} replayed SFT rows)"
     return StageEstimate(stage, gpus, gpu_hours, gpu_hours / gpus, detail)

@@ -136,3 +136,23 @@ def test_plan_prints_the_estimate_with_its_sources_and_a100_halves_decode() -> N
     h100 = stage(plan_work(example_spec("fusechat3-llama31-8b")), "sample").gpu_hours
     a100 = stage(plan_work(example_spec("fusechat3-llama31-8b"), "a100"), "sample").gpu_hours
     assert a100 == pytest.approx(2 * h100)
+
+
+@pytest.mark.parametrize(
+    ("stage_name", "example", "per_row"), [("dpo", "fusechat3-llama31-8b", 2), ("wrpo", "wrpo-llama3-8b", 3)]
+)
+def test_replayed_sft_rows_are_preference_rows_in_the_training_estimate(
+    stage_name: str, example: str, per_row: int
+) -> None:
+    """sftReplayFraction adds that share of the SFT rows to the preference stage's sequences and hours."""
+    doc = yaml.safe_load((REPO / "examples" / f"{example}.yaml").read_text())
+    plain = plan_work(FusionRunSpec.model_validate(doc["spec"]))
+    doc["spec"]["training"][stage_name].update(sftLossWeight=1.0, sftReplayFraction=0.5)
+    replaying = plan_work(FusionRunSpec.model_validate(doc["spec"]))
+    replayed = round(0.5 * plain.total("sft_prompts"))
+    before, after = stage(plain, stage_name), stage(replaying, stage_name)
+    sequences = lambda s: int(s.detail.split(" sequences")[0].replace(",", ""))  # noqa: E731
+    assert sequences(after) == sequences(before) + per_row * replayed
+    assert f"with {replayed:,} replayed SFT rows" in after.detail
+    assert after.gpu_hours == pytest.approx(before.gpu_hours * sequences(after) / sequences(before))
+    assert stage(replaying, "sft").gpu_hours == pytest.approx(stage(plain, "sft").gpu_hours)

@@ -30,7 +30,8 @@ from kubefusion_operator.api import GROUP, PLURAL, VERSION
 from kubefusion_operator.discovery import Discovery
 from kubefusion_operator.kube import KINDS, KubeApi, connection_info, load_configuration
 from kubefusion_operator.metrics import OperatorMetrics
-from kubefusion_operator.reconcile import ReconcileConfig, Reconciler, failure_report
+from kubefusion_operator.reconcile import ReconcileConfig, Reconciler
+from kubefusion_operator.refusals import failure_report
 from kubefusion_operator.render.names import DEFAULT_IMAGE, DEFAULT_TRAINING_RUNTIME, RUN_LABEL
 
 

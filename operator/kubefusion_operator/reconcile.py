@@ -7,7 +7,6 @@ Side effects go through KubeApi (children, status) and an `emit` callback (Kuber
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from kubefusion_operator.blockers import (
 )
 from kubefusion_operator.discovery import OPTIONAL_KINDS, BackendChoice, Discovery
 from kubefusion_operator.kube import CHILD_KINDS, ApiError, KubeApi
+from kubefusion_operator.merge_patch import merge_patch
 from kubefusion_operator.metrics import OperatorMetrics
 from kubefusion_operator.observe import CORE_STATES, ChildFailure, observe
 from kubefusion_operator.planner import (
@@ -32,6 +32,7 @@ from kubefusion_operator.planner import (
     next_actions,
     plan_tasks,
 )
+from kubefusion_operator.refusals import ChildRefused, is_refusal
 from kubefusion_operator.render.configmap import build_config_map
 from kubefusion_operator.render.names import DEFAULT_TRAINING_RUNTIME, RUN_LABEL, RenderContext, label_value
 from kubefusion_operator.render.serving import STARTUP_BUDGET_SECONDS, build_deployment
@@ -45,12 +46,12 @@ from kubefusion_operator.status import (
     reconcile_failed_status,
 )
 from kubefusion_operator.training_backends import BACKENDS, TRAINING_STATES, training_progress
+from kubefusion_operator.transitions import Emit, record_transitions
 from kubefusion_operator.validation import InvalidFusionRun, validate_document
 
 OBSERVED_KINDS = ("Deployment", "Job")  # besides the served training kinds: the objects with a state
 OPTIONAL = {k.kind for k in OPTIONAL_KINDS}
 CHILD_STATES = {**CORE_STATES, **TRAINING_STATES}
-Emit = Callable[[str, str, str], None]  # (type Normal|Warning, reason, message)
 
 
 @dataclass
@@ -64,48 +65,9 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(tz=datetime.UTC).replace(microsecond=0)
 
 
-def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """The JSON merge patch (RFC 7386) that turns old into new: removed keys become null, lists are whole."""
-    patch: dict[str, Any] = {k: None for k in old if k not in new}
-    for key, value in new.items():
-        before = old.get(key)
-        if isinstance(value, dict) and isinstance(before, dict):
-            sub = merge_patch(before, value)
-            if sub:
-                patch[key] = sub
-        elif value != before:
-            patch[key] = value
-    return patch
-
-
 def _kueue_owns(ctx: RenderContext, task: Task) -> bool:
     """Kueue admits (and unsuspends) the run's batch workloads; servers are scaled, not suspended."""
     return bool(ctx.spec.queue_name) and task.kind != TaskKind.SERVER
-
-
-class ChildRefused(Exception):
-    """The API server refused to create or change a child (invalid, quota, admission, RBAC)."""
-
-    def __init__(self, verb: str, child: str, error: ApiError) -> None:
-        super().__init__(
-            f"{verb} {child} refused by the API server: {error.status} {error.reason}: {error.message}"
-        )
-        self.child = child
-        self.error = error
-
-
-def failure_report(exc: BaseException) -> tuple[str, str]:
-    """(reason, message) of a failed reconcile for the ReconcileFailed condition and its Event."""
-    if isinstance(exc, ChildRefused):
-        return "ChildRefused", str(exc)
-    if isinstance(exc, ApiError):
-        return "ApiError", f"the API server answered {exc}"
-    return "ReconcileError", f"{type(exc).__name__}: {exc}"
-
-
-def _refusal(exc: ApiError) -> bool:
-    """A 4xx that will not go away by retrying at once (not 404/409, which callers handle)."""
-    return 400 <= exc.status < 500 and exc.status not in (404, 409, 429)
 
 
 def _unit(task: Task) -> str:
@@ -298,7 +260,7 @@ class Reconciler:
             created = await self.api.create(obj)
         except ApiError as exc:
             if (
-                _refusal(exc) or exc.status == 404
+                is_refusal(exc) or exc.status == 404
             ):  # 404: the kind is not served (CRD missing) or no namespace
                 raise ChildRefused("create", f"{obj['kind']}/{obj['metadata']['name']}", exc) from exc
             raise
@@ -358,7 +320,7 @@ class Reconciler:
         try:
             await self.api.patch(kind, namespace, name, patch)
         except ApiError as exc:
-            if _refusal(exc):
+            if is_refusal(exc):
                 raise ChildRefused("patch", f"{kind}/{name}", exc) from exc
             raise
 
@@ -410,49 +372,9 @@ class Reconciler:
                 or (old_blocked.status, old_blocked.message) != ("True", new_blocked.message)
             ):
                 emit("Warning", new_blocked.reason, new_blocked.message[:1000])
-        self._record_transitions(previous, new, emit, now)
+        record_transitions(previous, new, emit, self.metrics)
         await self._patch_status(meta, as_dict(previous), as_dict(new))
         return new
-
-    def _record_transitions(self, previous: Any, new: Any, emit: Emit, now: datetime.datetime) -> None:
-        before = {r.name: r.state for r in previous.stages}
-        for record in new.stages:
-            old = before.get(record.name, "Pending")
-            if record.state == old:
-                continue
-            self.metrics.transitions.labels(record.name, record.state).inc()
-            if record.state == "Running" and old == "Pending":
-                emit("Normal", "StageStarted", f"stage {record.name} started")
-            elif record.state == "Succeeded":
-                emit("Normal", "StageSucceeded", f"stage {record.name} succeeded")
-                if record.start_time and record.end_time:
-                    self.metrics.durations.labels(record.name).observe(
-                        (record.end_time - record.start_time).total_seconds()
-                    )
-            elif record.state == "Failed":
-                emit("Warning", "StageFailed", f"stage {record.name} failed: {record.message or ''}"[:1000])
-            elif record.state == "Suspended":
-                emit("Normal", "StageSuspended", f"stage {record.name} suspended")
-        old_phase = next(
-            (
-                c.type
-                for c in previous.conditions
-                if c.status == "True" and c.type in ("Succeeded", "Failed", "Suspended")
-            ),
-            None,
-        )
-        new_phase = next(
-            (
-                c.type
-                for c in new.conditions
-                if c.status == "True" and c.type in ("Succeeded", "Failed", "Suspended")
-            ),
-            None,
-        )
-        if new_phase != old_phase and new_phase is not None:
-            emit(
-                "Warning" if new_phase == "Failed" else "Normal", f"Run{new_phase}", new.message or new_phase
-            )
 
     async def cleanup(self, namespace: str, name: str) -> int:
         """Delete every child of a run by label (there is no garbage collector to rely on everywhere)."""

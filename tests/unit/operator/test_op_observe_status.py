@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from kubefusion_operator.main import build_parser
+from kubefusion_operator.merge_patch import merge_patch
 from kubefusion_operator.observe import observe
 from kubefusion_operator.planner import TaskState, plan_tasks
-from kubefusion_operator.reconcile import merge_patch
 from kubefusion_operator.render.names import RenderContext
 from kubefusion_operator.render.task import build_task_children
 from kubefusion_operator.scrape import metrics_url, parse_progress

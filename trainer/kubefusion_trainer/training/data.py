@@ -100,8 +100,11 @@ def load_training_rows(layout: RunLayout, kind: DataKind, datasets: list[str] | 
     return rows
 
 
-def load_training_dataset(layout: RunLayout, kind: DataKind, datasets: list[str] | None = None) -> Any:
-    """A datasets.Dataset of the stage's rows, in file order (the Trainer shuffles with the run's seed)."""
+def load_training_dataset(
+    layout: RunLayout, kind: DataKind, datasets: list[str] | None = None, extra_rows: list[dict] | None = None
+) -> Any:
+    """A datasets.Dataset of the stage's rows in file order, then `extra_rows` (a preference stage's
+    replayed SFT rows); the Trainer shuffles with the run's seed."""
     from datasets import Dataset
 
-    return Dataset.from_list(load_training_rows(layout, kind, datasets))
+    return Dataset.from_list(load_training_rows(layout, kind, datasets) + (extra_rows or []))

@@ -167,9 +167,8 @@ def prepare_stage(
     """Read the spec, the environment and the stage's data into a StageContext (no side effects on storage
     beyond starting the process group DeepSpeed needs)."""
     import torch
-    from datasets import Dataset
 
-    from kubefusion_trainer.training.data import load_training_rows
+    from kubefusion_trainer.training.data import load_training_dataset
 
     layout = RunLayout(run.storage_root)
     hp = stage_hyperparameters(run, stage)
@@ -180,9 +179,8 @@ def prepare_stage(
     args = training_arguments(hp, layout.checkpoints_dir(stage), topology, on_gpu)
     model_path = start_model(run, layout, stage)
     names = [d.name for d in run.spec.datasets]
-    rows = load_training_rows(layout, stage, names)
     replayed = stage_replay_rows(layout, stage, hp, names)
-    dataset = Dataset.from_list(rows + replayed)  # in file order; the Trainer shuffles with the run's seed
+    dataset = load_training_dataset(layout, stage, names, extra_rows=replayed)
     if "deepspeed" in args:
         import deepspeed
 

@@ -30,21 +30,18 @@ def record_transitions(previous: Any, new: Any, emit: Emit, metrics: OperatorMet
             emit("Warning", "StageFailed", f"stage {record.name} failed: {record.message or ''}"[:1000])
         elif record.state == "Suspended":
             emit("Normal", "StageSuspended", f"stage {record.name} suspended")
-    old_phase = next(
-        (
-            c.type
-            for c in previous.conditions
-            if c.status == "True" and c.type in ("Succeeded", "Failed", "Suspended")
-        ),
-        None,
-    )
-    new_phase = next(
-        (
-            c.type
-            for c in new.conditions
-            if c.status == "True" and c.type in ("Succeeded", "Failed", "Suspended")
-        ),
-        None,
-    )
+    old_phase, new_phase = _phase(previous), _phase(new)
     if new_phase != old_phase and new_phase is not None:
         emit("Warning" if new_phase == "Failed" else "Normal", f"Run{new_phase}", new.message or new_phase)
+
+
+def _phase(status: Any) -> str | None:
+    """The run's terminal or suspended condition that is True, if any."""
+    return next(
+        (
+            c.type
+            for c in status.conditions
+            if c.status == "True" and c.type in ("Succeeded", "Failed", "Suspended")
+        ),
+        None,
+    )
